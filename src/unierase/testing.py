@@ -109,8 +109,14 @@ def tiny_config(family: str, vocab_size: int, **overrides: Any) -> Any:
     return cfg
 
 
-def tiny_model(family: str = "llama", tokenizer: Any = None, seed: int = 0) -> torch.nn.Module:
-    """A randomly initialised model of ``family`` sized for ``tokenizer`` (fp32, eval mode)."""
+def tiny_model(
+    family: str = "llama", tokenizer: Any = None, seed: int = 0, init_std: float | None = None
+) -> torch.nn.Module:
+    """A randomly initialised model of ``family`` sized for ``tokenizer`` (fp32, eval mode).
+
+    ``init_std`` overrides the config's initializer range: the default (0.02) gives nearly flat
+    next-token distributions, too flat for tests that need a token to win by a clear margin.
+    """
     from transformers import AutoModelForCausalLM
 
     tokenizer = tokenizer if tokenizer is not None else tiny_tokenizer()
@@ -121,6 +127,8 @@ def tiny_model(family: str = "llama", tokenizer: Any = None, seed: int = 0) -> t
         eos_token_id=tokenizer.eos_token_id,
         bos_token_id=tokenizer.bos_token_id,
     )
+    if init_std is not None:
+        cfg.initializer_range = init_std
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(cfg, dtype=torch.float32)
     return model.eval()
