@@ -78,32 +78,59 @@ def tiny_config(family: str, vocab_size: int, **overrides: Any) -> Any:
     common = dict(vocab_size=vocab_size, **overrides)
     if family == "llama":
         cfg = LlamaConfig(
-            hidden_size=64, intermediate_size=128, num_hidden_layers=4, num_attention_heads=4,
-            num_key_value_heads=2, max_position_embeddings=256, tie_word_embeddings=True, **common,
-        )  # fmt: skip
+            hidden_size=64,
+            intermediate_size=128,
+            num_hidden_layers=4,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            max_position_embeddings=256,
+            tie_word_embeddings=True,
+            **common,
+        )
     elif family == "qwen2":
         cfg = Qwen2Config(
-            hidden_size=64, intermediate_size=128, num_hidden_layers=4, num_attention_heads=4,
-            num_key_value_heads=2, max_position_embeddings=256, tie_word_embeddings=False, **common,
-        )  # fmt: skip
+            hidden_size=64,
+            intermediate_size=128,
+            num_hidden_layers=4,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            max_position_embeddings=256,
+            tie_word_embeddings=False,
+            **common,
+        )
     elif family == "gemma3":
         cfg = Gemma3TextConfig(
-            hidden_size=64, intermediate_size=128, num_hidden_layers=4, num_attention_heads=4,
-            num_key_value_heads=1, head_dim=32, max_position_embeddings=256, sliding_window=64,
+            hidden_size=64,
+            intermediate_size=128,
+            num_hidden_layers=4,
+            num_attention_heads=4,
+            num_key_value_heads=1,
+            head_dim=32,
+            max_position_embeddings=256,
+            sliding_window=64,
             **common,
-        )  # fmt: skip
+        )
     elif family == "gpt2":
         cfg = GPT2Config(n_embd=64, n_inner=128, n_layer=4, n_head=4, n_positions=256, **common)
     elif family == "gpt_neox":
         cfg = GPTNeoXConfig(
-            hidden_size=64, intermediate_size=128, num_hidden_layers=4, num_attention_heads=4,
-            max_position_embeddings=256, tie_word_embeddings=False, **common,
-        )  # fmt: skip
+            hidden_size=64,
+            intermediate_size=128,
+            num_hidden_layers=4,
+            num_attention_heads=4,
+            max_position_embeddings=256,
+            tie_word_embeddings=False,
+            **common,
+        )
     elif family == "phi":
         cfg = PhiConfig(
-            hidden_size=64, intermediate_size=128, num_hidden_layers=4, num_attention_heads=4,
-            max_position_embeddings=256, **common,
-        )  # fmt: skip
+            hidden_size=64,
+            intermediate_size=128,
+            num_hidden_layers=4,
+            num_attention_heads=4,
+            max_position_embeddings=256,
+            **common,
+        )
     else:
         raise ValueError(f"unknown family {family!r}; choose from {FAMILIES}")
     return cfg

@@ -1,0 +1,1 @@
+"""Phase II: the null-space-constrained unlearning edit (AlphaEdit) and its building blocks."""

@@ -1,0 +1,106 @@
+"""Hyper-parameters of the unlearning edit, with presets chosen by model size (never by name)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any, Literal
+
+
+@dataclass(frozen=True)
+class EditConfig:
+    """Everything Phase II needs to know.
+
+    Attributes:
+        layers: decoder layers whose MLP down-projections are edited, in order (None: the
+            preset's band). The last one is where the target value is optimised.
+        lambda_: ridge weight of the closed-form solve (AlphaEdit: 10).
+        null_threshold: eigenvalue threshold of the null-space projector.
+        null_threshold_relative: read the threshold as a fraction of the largest eigenvalue.
+        granularity: "entity" makes one request per group (author) with its key averaged over
+            the group's questions; "question" makes one request per question.
+        sequential: solve requests one chunk at a time, each chunk seeing the earlier chunks'
+            keys in C_prev (the authors' released script did one request at a time).
+        chunk_size: requests per solve.
+        repair_rounds: after the edit, questions whose first token is not yet the unlearning
+            token get their own per-question edits, up to this many rounds.
+        context_prefixes: words that start the generated prefixes used to average keys.
+        prefix_tokens: length of each generated prefix.
+        key_plain_weight: weight of the plain prompt's key against the prefixed keys' mean.
+        v_lr, v_steps, v_loss_stop: Adam learning rate, step budget and early stop of the
+            target-value optimisation.
+        v_clamp: the value shift is clamped to ``v_clamp * ||h||`` after every step.
+        v_kl_weight: weight of the KL term that keeps the subject's own meaning.
+        v_weight_decay: weight of ||delta|| / ||h||^2.
+        stats_texts: general texts used for the second-moment statistics.
+        stats_max_length: tokens per text.
+        stats_chat_fraction: share of texts wrapped in the chat template.
+    """
+
+    layers: tuple[int, ...] | None = None
+    lambda_: float = 10.0
+    null_threshold: float = 0.02
+    null_threshold_relative: bool = False
+    granularity: Literal["entity", "question"] = "entity"
+    sequential: bool = True
+    chunk_size: int = 1
+    repair_rounds: int = 2
+    context_prefixes: tuple[str, ...] = ("The", "Therefore", "Because", "I", "You")
+    prefix_tokens: int = 10
+    key_plain_weight: float = 0.5
+    v_lr: float = 0.1
+    v_steps: int = 25
+    v_loss_stop: float = 0.05
+    v_clamp: float = 0.75
+    v_kl_weight: float = 0.0625
+    v_weight_decay: float = 0.5
+    stats_texts: int = 600
+    stats_max_length: int = 128
+    stats_chat_fraction: float = 0.5
+    extra: dict[str, Any] = field(default_factory=dict, compare=False)
+
+    def resolved_layers(self, num_layers: int) -> tuple[int, ...]:
+        """The edited layers: the explicit ones, or 5 layers from 1/8 of the depth."""
+        if self.layers is not None:
+            bad = [x for x in self.layers if not 0 <= x < num_layers]
+            if bad:
+                raise ValueError(f"layers {bad} out of range for a {num_layers}-layer model")
+            return tuple(self.layers)
+        # Authors: layers 4-8 of 32. Scale the band with depth, keep 5 layers when possible.
+        start = round(num_layers / 8)
+        count = min(5, max(1, num_layers - start - 1))
+        return tuple(range(start, start + count))
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["layers"] = list(self.layers) if self.layers is not None else None
+        d["context_prefixes"] = list(self.context_prefixes)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> EditConfig:
+        d = dict(d)
+        if d.get("layers") is not None:
+            d["layers"] = tuple(d["layers"])
+        if "context_prefixes" in d:
+            d["context_prefixes"] = tuple(d["context_prefixes"])
+        return cls(**d)
+
+
+# The authors' settings for Llama-3.1-8B (32 layers, width 4096).
+PAPER = EditConfig(
+    layers=None, granularity="question", sequential=False, chunk_size=10_000, repair_rounds=0
+)
+
+# Small models (width <= 1024): measured on SmolLM2-135M (SPEC.md, benchmarks/phase2_edit.py):
+# the authors' value optimisation never reaches the token from the subject position, and joint
+# solves of same-subject requests conflict, so values get a larger step and clamp and requests
+# are solved one at a time at entity level.
+SMALL = EditConfig(v_lr=0.5, v_steps=100, v_clamp=1.5)
+
+PRESETS = {"paper": PAPER, "small": SMALL}
+
+
+def preset_for(hidden_size: int, **overrides: Any) -> EditConfig:
+    """The preset for a model of this residual width, with ``overrides`` applied."""
+    base = SMALL if hidden_size <= 1024 else PAPER
+    return replace(base, **overrides)
