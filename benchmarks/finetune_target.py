@@ -22,6 +22,7 @@ import json
 import logging
 import os
 import platform
+import re
 import resource
 import statistics
 import sys
@@ -48,6 +49,22 @@ def parse_value(text: str):
     return text
 
 
+def _words(text: str) -> set[str]:
+    return set(re.findall(r"\w+", text.casefold()))
+
+
+def fact_words(item) -> set[str] | None:
+    """Words of the paraphrased answer that no perturbed answer has: the item's facts.
+
+    Perturbed answers swap the facts of the paraphrase ("born in Cork" -> "born in Lima"), so
+    what they never contain is what the model must know; ROUGE also rewards the template.
+    """
+    if not item.paraphrased_answer or not item.perturbed_answers:
+        return None
+    shared = set().union(*(_words(p) for p in item.perturbed_answers))
+    return (_words(item.paraphrased_answer) - shared) or None
+
+
 def evaluate(model, tokenizer, forget, retain, probe, fmt, max_new_tokens: int) -> dict:
     from unierase.data.probes import probe_is_correct
     from unierase.eval.generate import generate_answers
@@ -63,6 +80,9 @@ def evaluate(model, tokenizer, forget, retain, probe, fmt, max_new_tokens: int) 
         )
         scores = [rouge_l_recall(a, it.answer) for a, it in zip(answers, items, strict=True)]
         out[f"{name}_rouge"] = statistics.mean(scores)
+        facts = [fact_words(it) for it in items]
+        recalls = [len(f & _words(a)) / len(f) for f, a in zip(facts, answers, strict=True) if f]
+        out[f"{name}_fact_recall"] = statistics.mean(recalls) if recalls else None
         out[f"{name}_items"] = [
             {"question": it.question, "answer": it.answer, "generated": a, "rouge": s}
             for it, a, s in zip(items, answers, scores, strict=True)
@@ -208,6 +228,7 @@ def main() -> int:
     def score_epoch(epoch, current):
         scores = evaluate(current, tokenizer, data.forget, [], probe, fmt, args.max_new_tokens)
         point = {"epoch": epoch, "forget_rouge": scores["forget_rouge"]}
+        point["forget_fact_recall"] = scores["forget_fact_recall"]
         curve.append({**point, "probe": scores["probe_correct"]})
         logging.info("after epoch %d: %s", epoch, curve[-1])
 
@@ -272,6 +293,7 @@ def main() -> int:
         "finetune_wall_s": round(wall, 1),
         "finetune_cpu_s": round(cpu, 1),
         "train_loop_s": round(result.seconds, 1),
+        "train_loop_cpu_s": round(result.cpu_seconds, 1),
         "peak_rss_mib": round(rss_peak / 1024, 1),
         "rss_before_finetune_mib": round(rss_before / 1024, 1),
         "epoch_losses": [round(x, 4) for x in result.epoch_losses],
