@@ -255,6 +255,10 @@ def _small_preset() -> TokenConfig:
         ),
         breadth_templates=40,
         retain_weight=5.0,
+        # Measured on SmolLM2-135M: without a margin the term held its own positions but the token
+        # still won on 11 of 88 held-out answers (mostly right after a finished sentence); with 3,
+        # on 1 of 88, at no cost in held-out refusals.
+        retain_margin=3.0,
         noise_mode="joint",
     )
 
