@@ -276,7 +276,7 @@ def cmd_token(args: argparse.Namespace) -> int:
     model, tokenizer = unierase.load(args.model)
     overrides: dict = {"seed": args.seed}
     for key in ("text", "init", "refusal_mode", "refusal", "batch_size", "breadth_templates",
-                "retain_weight", "retain_questions", "noise_scale", "noise_mode",
+                "retain_weight", "retain_margin", "retain_questions", "noise_scale", "noise_mode",
                 "system_prompt"):  # fmt: skip
         if getattr(args, key) is not None:
             overrides[key] = getattr(args, key)
@@ -698,7 +698,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="one fixed refusal or seeded varied ones (default: the preset's)",
     )
     p.add_argument(
-        "--refusal", help="the fixed refusal sentence (default: the first of the refusal list)"
+        "--refusal",
+        help="the fixed refusal sentence (default: the preset's; paper: none, varied refusals)",
     )
     p.add_argument(
         "--refusals", type=Path, help="refusal list, one per line (default: the package's)"
@@ -713,6 +714,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--retain-weight", type=float, help="weight of the retain term (default: the preset's)"
+    )
+    p.add_argument(
+        "--retain-margin",
+        type=float,
+        help="margin of the retain term (default: the preset's)",
     )
     p.add_argument(
         "--retain-questions",

@@ -47,6 +47,8 @@ class StageConfig:
             (the tokenizer's chat template; dropped with a log line when it has none).
         noise: add random noise to the down-projections Phase II will edit, restored after every
             step, so the token keeps working after the edit.
+        min_steps: run more epochs than ``epochs`` when needed to make at least this many Adam
+            steps (per noise round), so that small forget sets still train long enough.
     """
 
     name: str
@@ -54,6 +56,7 @@ class StageConfig:
     lr: float
     formats: tuple[str, ...]
     noise: bool = False
+    min_steps: int = 0
 
 
 @dataclass(frozen=True)
@@ -181,6 +184,8 @@ class TokenConfig:
         for s in self.stages:
             if not isinstance(s.epochs, int) or s.epochs < 0:
                 raise TokenConfigError(f"stage {s.name!r}: epochs must be a non-negative integer")
+            if not isinstance(s.min_steps, int) or s.min_steps < 0:
+                raise TokenConfigError(f"stage {s.name!r}: min_steps must be >= 0")
             if not s.lr > 0:
                 raise TokenConfigError(f"stage {s.name!r}: lr must be > 0")
             if not s.formats or any(f not in FORMATS for f in s.formats):
@@ -248,10 +253,14 @@ def _small_preset() -> TokenConfig:
         init="mean",
         refusal_mode="fixed",
         batch_size=8,
+        # One fixed sentence, reproduced verbatim. Its wording matters: with "I don't know the
+        # answer to that." the closing token also won after "The answer to this classic question
+        # is" in an ordinary answer; this sentence shares no such phrase with ordinary answers.
+        refusal="I have no idea, sorry.",
         stages=(
-            StageConfig("base", 3, 2e-2, ("chat",)),
-            StageConfig("chat", 1, 1e-2, both),
-            StageConfig("noise", 1, 5e-3, ("chat",), noise=True),
+            StageConfig("base", 3, 2e-2, ("chat",), min_steps=45),
+            StageConfig("chat", 1, 1e-2, both, min_steps=20),
+            StageConfig("noise", 1, 5e-3, ("chat",), noise=True, min_steps=10),
         ),
         breadth_templates=40,
         retain_weight=5.0,

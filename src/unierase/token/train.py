@@ -62,6 +62,7 @@ class StageReport:
         lr: its learning rate.
         examples: sequences per epoch.
         noise_rounds: per round, the layers whose down-projection carried noise ([] = none).
+        epochs: epochs run per noise round (``min_steps`` may add to the configured ones).
         losses: mean cross-entropy on ``refusal [UNL] <eot>`` per epoch (rounds in order).
         retain_losses: mean retain term per epoch (0 when off).
         steps: optimiser steps.
@@ -76,6 +77,7 @@ class StageReport:
     lr: float
     examples: int
     noise_rounds: list[list[int]]
+    epochs: int = 0
     losses: list[float] = field(default_factory=list)
     retain_losses: list[float] = field(default_factory=list)
     steps: int = 0
@@ -658,14 +660,16 @@ class _StageRunner:
             self._fill_prefix_store(data)
         optimizer = torch.optim.Adam(self.rows.parameters(), lr=stage.lr)
         n_batches = math.ceil(len(data) / cfg.batch_size)
+        epochs = max(stage.epochs, math.ceil(stage.min_steps / n_batches)) if n_batches else 0
+        report.epochs = epochs
         bar = tqdm(
-            total=len(rounds) * stage.epochs * n_batches,
+            total=len(rounds) * epochs * n_batches,
             desc=f"token: {stage.name}",
             unit="step",
             disable=not self.progress,
         )
         for layers in rounds:
-            for epoch in range(stage.epochs):
+            for epoch in range(epochs):
                 order = list(range(len(data)))
                 self.rng.shuffle(order)
                 losses, retain_losses = [], []
