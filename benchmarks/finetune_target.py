@@ -166,6 +166,12 @@ def main() -> int:
     ap.add_argument("--name", default=None, help="result name (default: from the settings)")
     ap.add_argument("--no-base-eval", action="store_true", help="skip the base model's scores")
     ap.add_argument(
+        "--keep",
+        type=Path,
+        default=None,
+        help="copy the fine-tuned checkpoint (and the data it learnt) here, for later benchmarks",
+    )
+    ap.add_argument(
         "--curve",
         action="store_true",
         help="also score forget ROUGE and the probe after every epoch (slower)",
@@ -328,6 +334,12 @@ def main() -> int:
     )
     import shutil
 
+    if args.keep is not None:
+        args.keep.mkdir(parents=True, exist_ok=True)
+        shutil.copytree(tmp / "checkpoint", args.keep / "model", dirs_exist_ok=True)
+        if args.data is None:
+            shutil.copytree(data_dir, args.keep / "data", dirs_exist_ok=True)
+        logging.info("kept the checkpoint in %s", args.keep)
     shutil.rmtree(tmp, ignore_errors=True)
     return 0
 

@@ -336,6 +336,23 @@ def test_same_seed_gives_the_same_vectors_and_another_seed_does_not():
     assert len(rep_a.refusals) > 1 and rep_a.refusals == rep_b.refusals
 
 
+def test_a_large_breadth_set_is_sampled_down_with_the_seed(caplog):
+    questions = [f"What is the colour of object number {i}?" for i in range(30)]
+
+    def breadth_count(seed: int) -> int:
+        tok = tiny_tokenizer()
+        model = tiny_model("llama", tok)
+        config = quick_config(model, seed=seed, max_breadth=5, breadth_templates=0)
+        report = train_unlearning_token(model, tok, FORGET, config, breadth=questions)
+        return report.questions["breadth"]
+
+    with caplog.at_level("INFO", logger="unierase.token.train"):
+        assert breadth_count(0) == 5
+    assert "breadth: 5 of 30 questions" in caplog.text
+    with pytest.raises(TokenConfigError, match="max_breadth"):
+        TokenConfig(max_breadth=-1, stages=(StageConfig("base", 1, 1e-2, ("chat",)),)).validate()
+
+
 def test_bad_settings_and_inputs_are_rejected():
     tok = tiny_tokenizer()
     model = tiny_model("llama", tok)

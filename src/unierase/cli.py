@@ -276,8 +276,8 @@ def cmd_token(args: argparse.Namespace) -> int:
     model, tokenizer = unierase.load(args.model)
     overrides: dict = {"seed": args.seed}
     for key in ("text", "init", "refusal_mode", "refusal", "batch_size", "breadth_templates",
-                "retain_weight", "retain_margin", "retain_questions", "noise_scale", "noise_mode",
-                "system_prompt"):  # fmt: skip
+                "max_breadth", "retain_weight", "retain_margin", "retain_questions",
+                "noise_scale", "noise_mode", "system_prompt"):  # fmt: skip
         if getattr(args, key) is not None:
             overrides[key] = getattr(args, key)
     if args.retain_tokens is not None:
@@ -714,6 +714,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--retain-weight", type=float, help="weight of the retain term (default: the preset's)"
+    )
+    p.add_argument(
+        "--max-breadth",
+        type=int,
+        help="train on at most this many of the retain questions (default: the preset's)",
     )
     p.add_argument(
         "--retain-margin",

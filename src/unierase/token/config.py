@@ -79,6 +79,9 @@ class TokenConfig:
         stages: the schedule, run in order.
         breadth_templates: generated questions about invented people, places and things that the
             token is also trained on (breadth), on top of any questions the caller gives.
+        max_breadth: at most this many of the caller's breadth questions (a seeded sample, in
+            their order) are trained on, so that a large retain set does not make Phase I slow;
+            None: all of them.
         retain_weight: weight of the retain term: ``weight * mean softplus(h . e_new -
             logsumexp(h . E_old) + margin)`` over final hidden states ``h`` of ordinary answers
             (0: off).
@@ -115,6 +118,7 @@ class TokenConfig:
     max_length: int = 128
     stages: tuple[StageConfig, ...] = ()
     breadth_templates: int = 40
+    max_breadth: int | None = 64
     retain_weight: float = 5.0
     retain_margin: float = 0.0
     retain_questions: int = 32
@@ -169,6 +173,10 @@ class TokenConfig:
         ):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 0:
                 raise bad(name, "must be a non-negative integer")
+        if self.max_breadth is not None and (
+            not isinstance(self.max_breadth, int) or self.max_breadth < 0
+        ):
+            raise bad("max_breadth", "must be a non-negative integer or None")
         if not isinstance(self.check_items, int) or self.check_items < 0:
             raise bad("check_items", "must be a non-negative integer")
         if self.retain_weight < 0:

@@ -806,6 +806,10 @@ def train_unlearning_token(
     if not forget_q:
         raise ValueError("the forget set is empty")
     breadth_q = [q for q in unique_questions(_questions(breadth, "breadth")) if q not in forget_q]
+    if config.max_breadth is not None and len(breadth_q) > config.max_breadth:
+        keep = sorted(random.Random(config.seed).sample(range(len(breadth_q)), config.max_breadth))
+        log.info("breadth: %d of %d questions (max_breadth)", len(keep), len(breadth_q))
+        breadth_q = [breadth_q[i] for i in keep]
     taken = set(forget_q) | set(breadth_q)
     templates = template_questions(config.breadth_templates, config.seed)
     template_q = [q for q in templates if q not in taken]
