@@ -95,9 +95,36 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from unierase.demo import run_demo
+    from unierase.demo import DemoSettings, run_demo
 
-    return run_demo(args, _out)
+    settings = DemoSettings(
+        model=args.model,
+        out=args.out,
+        authors=args.authors,
+        forget=args.forget,
+        questions=args.questions,
+        seed=args.seed,
+        threads=args.threads,
+        forget_items=args.forget_items,
+        retain_items=args.retain_items,
+        probe_items=args.probe_items,
+        max_new_tokens=args.max_new_tokens,
+        probe_max_new_tokens=args.probe_max_new_tokens,
+        embedding_model=args.embedding_model,
+        finetune_overrides={"epochs": args.finetune_epochs} if args.finetune_epochs else {},
+        progress=not args.no_progress,
+    )
+    return run_demo(settings, _out)
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
 
 
 # ----------------------------------------------------------------------------- eval
@@ -462,21 +489,97 @@ def build_parser() -> argparse.ArgumentParser:
         p.set_defaults(func=func)
         return p
 
-    p = add("demo", cmd_demo, "End-to-end demo on the embedded default model.")
-    p.add_argument(
-        "--model", default="smollm2-135m", help="any loadable model (default: %(default)s)"
+    from unierase import demo as D
+
+    p = add(
+        "demo",
+        cmd_demo,
+        "End-to-end demo: invent authors, fine-tune the model on them (cached), forget some "
+        "with UniErase, evaluate before and after, and print a report.",
     )
     p.add_argument(
-        "--authors", type=int, default=20, help="synthetic authors (default: %(default)s)"
+        "--model",
+        default=D.DEFAULT_MODEL,
+        help="base model: embedded name, .gguf file, local directory or hub id "
+        "(default: %(default)s)",
     )
-    p.add_argument("--forget", type=int, default=2, help="authors to forget (default: %(default)s)")
-    p.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
+    p.add_argument(
+        "--authors",
+        type=_positive_int,
+        default=D.AUTHORS,
+        help="fictitious authors in all (default: %(default)s)",
+    )
+    p.add_argument(
+        "--forget",
+        type=_positive_int,
+        default=D.FORGET_AUTHORS,
+        help="of those, authors to forget (default: %(default)s)",
+    )
+    p.add_argument(
+        "--questions",
+        type=_positive_int,
+        default=D.QUESTIONS_PER_AUTHOR,
+        help="questions per author, 5-20 (default: %(default)s)",
+    )
+    p.add_argument(
+        "--seed",
+        type=int,
+        default=D.SEED,
+        help="seeds the authors, the fine-tune, Phase I and the evaluation samples "
+        "(default: %(default)s)",
+    )
     p.add_argument(
         "--out",
         type=Path,
-        default=Path("runs/demo"),
-        help="output directory (default: %(default)s)",
+        default=D.DEFAULT_OUT,
+        help="output directory: data/, model/ (the unlearned checkpoint), eval/ "
+        "(default: %(default)s)",
     )
+    p.add_argument(
+        "--threads", type=_positive_int, help="torch CPU threads (default: torch's choice)"
+    )
+    p.add_argument(
+        "--finetune-epochs",
+        type=_positive_int,
+        help="fine-tuning epochs (default: the model's preset's)",
+    )
+    p.add_argument(
+        "--forget-items",
+        type=_positive_int,
+        default=D.EVAL_FORGET_ITEMS,
+        help="evaluate at most this many forget questions (default: %(default)s)",
+    )
+    p.add_argument(
+        "--retain-items",
+        type=_positive_int,
+        default=D.EVAL_RETAIN_ITEMS,
+        help="evaluate a seeded sample of this many kept-author questions (default: %(default)s)",
+    )
+    p.add_argument(
+        "--probe-items",
+        type=_positive_int,
+        default=D.EVAL_PROBE_ITEMS,
+        help="evaluate a seeded sample of this many general-probe questions (default: %(default)s)",
+    )
+    p.add_argument(
+        "--max-new-tokens",
+        type=_positive_int,
+        default=D.MAX_NEW_TOKENS,
+        help="answer length when evaluating author questions (default: %(default)s)",
+    )
+    p.add_argument(
+        "--probe-max-new-tokens",
+        type=_positive_int,
+        default=D.PROBE_MAX_NEW_TOKENS,
+        help="answer length when evaluating the general probe (default: %(default)s)",
+    )
+    p.add_argument(
+        "--embedding-model",
+        default=D.EMBEDDING_MODEL,
+        help="sentence encoder for cosine and refusal similarity: 'default' "
+        "(all-MiniLM-L6-v2), a local directory, or 'none' (default: %(default)s)",
+    )
+    p.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
     p = add("info", cmd_info, "Load a model and show the structural layout unierase edits.")
     p.add_argument(

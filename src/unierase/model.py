@@ -130,8 +130,14 @@ def _atomic_dir(final: Path):
                 shutil.rmtree(self.tmp, ignore_errors=True)
                 return
             if final.exists():
-                shutil.rmtree(final)
-            os.replace(self.tmp, final)
+                # Move the old entry aside before deleting it: an rmtree in place that is
+                # interrupted would leave half an entry under the final name.
+                old = Path(tempfile.mkdtemp(prefix=f".{final.name}.old-", dir=final.parent))
+                os.replace(final, old / final.name)
+                os.replace(self.tmp, final)
+                shutil.rmtree(old, ignore_errors=True)
+            else:
+                os.replace(self.tmp, final)
 
     return _Ctx()
 

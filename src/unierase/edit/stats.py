@@ -142,6 +142,21 @@ def _corpus_id(sequences: Sequence[Sequence[int]]) -> str:
     return h.hexdigest()[:16]
 
 
+def _write_atomically(path: Path, write) -> None:
+    """Call ``write(tmp)`` on a temporary sibling of ``path``, then rename it to ``path``.
+
+    An interrupted write removes its temporary file and leaves ``path`` as it was.
+    """
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
 def cached_second_moments(
     model: torch.nn.Module,
     layout: ModelLayout,
@@ -181,20 +196,19 @@ def cached_second_moments(
         )
         root.mkdir(parents=True, exist_ok=True)
         for layer, stats in fresh.items():
-            fd, tmp = tempfile.mkstemp(dir=root, suffix=".tmp")
-            os.close(fd)
-            torch.save({"moment": stats.moment, "count": stats.count}, tmp)
-            os.replace(tmp, paths[layer])
-            result[layer] = stats
-        (root / f"{corpus}.json").write_text(
-            json.dumps(
-                {
-                    "corpus": corpus_name,
-                    "sequences": len(sequences),
-                    "tokens": fresh[missing[0]].count,
-                    "layers": sorted(result),
-                }
+            _write_atomically(
+                paths[layer],
+                lambda tmp, s=stats: torch.save({"moment": s.moment, "count": s.count}, tmp),
             )
+            result[layer] = stats
+        info = {
+            "corpus": corpus_name,
+            "sequences": len(sequences),
+            "tokens": fresh[missing[0]].count,
+            "layers": sorted(result),
+        }
+        _write_atomically(
+            root / f"{corpus}.json", lambda tmp: Path(tmp).write_text(json.dumps(info))
         )
     else:
         log.info("statistics for layers %s reused from %s", list(layers), root)
