@@ -1,0 +1,466 @@
+"""``unierase bench``: UniErase and the fine-tuning baselines side by side, on one target model.
+
+Stages:
+
+1. ``[data]``     the demo's fictitious authors (``--preset demo``) or a subset of the real TOFU
+                  files (``--preset tofu-mini``);
+2. ``[finetune]`` the target model (every author) and the retain model (the kept authors only),
+                  both cached;
+3. ``[eval]``     the target model and the retain model (the retain model's forget truth ratios
+                  are the reference of TOFU's forget quality);
+4. one stage per method: UniErase (``api.unlearn``) or a baseline (``baselines.run_baseline``)
+                  on the target model, then the same evaluation; wall time and peak memory;
+5. the outputs: ``results.json`` (every metric of every method, its time and memory),
+   ``table.md`` and, per method, the evaluation records under ``methods/<name>/eval``.
+
+Every method gets the same forget set, the same retain items and the same evaluation items.
+UniErase's checkpoint is kept (``methods/UniErase/model``); the baselines' models are evaluated in
+memory and not saved. Not yet here: the HTML report with plots, and ``--preset realworld``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import resource
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+UNIERASE = "UniErase"
+PRESETS = ("demo", "tofu-mini")
+DEFAULT_OUT = Path("runs/bench")
+DEFAULT_TOFU = Path("../shared/data/tofu")
+# tofu-mini: TOFU's first 2 forget10 authors and 8 retain authors, 10 QA each (100 QA), sized
+# for 2 CPU cores like the demo's synthetic set.
+TOFU_MINI = {"authors": 10, "forget_authors": 2, "questions_per_author": 10}
+RESULTS_FILE = "results.json"
+TABLE_FILE = "table.md"
+
+# (column label, summary key) of the Markdown table.
+TABLE_COLUMNS: tuple[tuple[str, str], ...] = (
+    ("FE", "paper/forget_efficacy"),
+    ("MU", "paper/model_utility"),
+    ("forget quality", "tofu/forget_quality"),
+    ("TOFU MU", "tofu/model_utility"),
+    ("forget ROUGE", "forget/rouge"),
+    ("forget prob", "forget/prob"),
+    ("forget refusal", "forget/refusal_rate"),
+    ("retain ROUGE", "retain/rouge"),
+    ("probe acc.", "general/accuracy"),
+    ("over-refusal", "over_refusal/rate"),
+)
+
+
+@dataclass(frozen=True)
+class BenchSettings:
+    """What the benchmark runs (the CLI fills it from its options).
+
+    Attributes:
+        model: base model, anything ``unierase.load`` accepts.
+        out: output directory.
+        preset: "demo" (synthetic authors, like ``unierase demo``) or "tofu-mini".
+        methods: "UniErase" and baseline names (``unierase.baselines.METHODS``), in order.
+        tofu_dir: the TOFU files for "tofu-mini".
+        authors, forget, questions: the demo preset's synthetic set.
+        seed: data, fine-tunes, baselines and UniErase's Phase I.
+        forget_items, retain_items, probe_items: evaluation caps (seeded samples).
+        max_new_tokens, probe_max_new_tokens: generation budgets of the evaluation.
+        embedding_model: sentence encoder for the evaluation ("default", a directory, "none").
+        finetune_overrides: FinetuneConfig fields for the target and retain models.
+        baseline_overrides: BaselineConfig fields applied to every baseline.
+        token_overrides, edit_overrides, stats_texts: passed to ``api.unlearn``.
+        retain_model: fine-tune and evaluate a retain model (TOFU's forget quality needs it).
+        threads: torch CPU threads (None: torch's default).
+        progress: progress bars.
+    """
+
+    model: str = "smollm2-135m"
+    out: Path = DEFAULT_OUT
+    preset: str = "demo"
+    methods: tuple[str, ...] = ()
+    tofu_dir: Path | None = None
+    authors: int = 10
+    forget: int = 2
+    questions: int = 10
+    seed: int = 0
+    forget_items: int = 40
+    retain_items: int = 20
+    probe_items: int = 40
+    max_new_tokens: int = 48
+    probe_max_new_tokens: int = 16
+    embedding_model: str = "default"
+    finetune_overrides: Mapping[str, Any] = field(default_factory=dict)
+    baseline_overrides: Mapping[str, Any] = field(default_factory=dict)
+    token_overrides: Mapping[str, Any] = field(default_factory=dict)
+    edit_overrides: Mapping[str, Any] = field(default_factory=dict)
+    stats_texts: Sequence[str] | None = None
+    retain_model: bool = True
+    threads: int | None = None
+    progress: bool = True
+
+
+def all_methods() -> tuple[str, ...]:
+    """UniErase first, then every registered baseline."""
+    from unierase.baselines import METHODS
+
+    return (UNIERASE, *METHODS)
+
+
+def resolve_methods(names: Sequence[str]) -> tuple[str, ...]:
+    """Canonical method names (empty: every method); a ValueError names an unknown one."""
+    from unierase.baselines import get_method
+
+    if not names:
+        return all_methods()
+    out = []
+    for name in names:
+        canonical = UNIERASE if name.lower() == UNIERASE.lower() else get_method(name).name
+        if canonical not in out:
+            out.append(canonical)
+    return tuple(out)
+
+
+def method_dir_name(name: str) -> str:
+    """A file-system name for a method ("NPO+GD" -> "NPO_GD")."""
+    return name.replace("+", "_")
+
+
+# ----------------------------------------------------------------------------- measuring
+
+
+def _rss_bytes() -> int | None:
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+class PeakMemory:
+    """Peak memory over a ``with`` block: the accelerator's allocator peak when one is in use,
+    else the process's resident set size sampled every ``interval`` seconds (Linux), else the
+    process's lifetime peak (``ru_maxrss``, an upper bound)."""
+
+    def __init__(self, interval: float = 0.05) -> None:
+        self.interval = interval
+        self.peak_bytes: int | None = None
+        self.kind = "rss"
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def __enter__(self) -> PeakMemory:
+        import torch
+
+        if torch.cuda.is_available():
+            self.kind = "cuda_allocated"
+            torch.cuda.reset_peak_memory_stats()
+            return self
+        if _rss_bytes() is None:
+            self.kind = "ru_maxrss"
+            return self
+        self.peak_bytes = _rss_bytes()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def _sample(self) -> None:
+        while not self._stop.wait(self.interval):
+            rss = _rss_bytes() or 0
+            self.peak_bytes = max(self.peak_bytes or 0, rss)
+
+    def __exit__(self, *exc: Any) -> None:
+        import torch
+
+        if self.kind == "cuda_allocated":
+            self.peak_bytes = int(torch.cuda.max_memory_allocated())
+        elif self.kind == "ru_maxrss":
+            self.peak_bytes = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+        else:
+            self._stop.set()
+            if self._thread is not None:
+                self._thread.join()
+            self.peak_bytes = max(self.peak_bytes or 0, _rss_bytes() or 0)
+
+
+# ----------------------------------------------------------------------------- the run
+
+
+@dataclass
+class BenchResult:
+    """What ``run_bench`` wrote: ``results`` is the content of ``results.json``."""
+
+    results: dict[str, Any]
+    table: str
+    out: Path
+
+
+def _status(stage: str, text: str, seconds: float | None = None) -> str:
+    tail = f"  ({seconds:.1f} s)" if seconds is not None else ""
+    return f"{f'[{stage}]':<11} {text}{tail}"
+
+
+def _training_data(settings: BenchSettings, data_dir: Path) -> tuple[Any, Path, str]:
+    """(TrainingData of the full set, the TOFU-layout directory, the forget split name)."""
+    from unierase.data.schema import DataError
+    from unierase.data.synth import synthetic_file_names, write_synthetic
+    from unierase.finetune import find_forget_retain_splits, select_training_data
+
+    if settings.preset == "demo":
+        write_synthetic(
+            data_dir,
+            n_authors=settings.authors,
+            n_forget=settings.forget,
+            seed=settings.seed,
+            questions_per_author=settings.questions,
+        )
+        forget_split = synthetic_file_names(settings.authors, settings.forget)["forget"]
+        return select_training_data(data_dir, "full"), data_dir, forget_split.removesuffix(".jsonl")
+    if settings.preset == "tofu-mini":
+        tofu = Path(settings.tofu_dir) if settings.tofu_dir is not None else DEFAULT_TOFU
+        if not tofu.is_dir():
+            raise DataError(f"tofu-mini needs the TOFU files: {tofu} is not a directory")
+        forget_split, _retain = find_forget_retain_splits(tofu)
+        return select_training_data(tofu, "full", **TOFU_MINI), tofu, forget_split
+    raise ValueError(f"unknown preset {settings.preset!r}; choose from {', '.join(PRESETS)}")
+
+
+def run_bench(
+    settings: BenchSettings, out: Callable[[str], None] = lambda _line: None
+) -> BenchResult:
+    """Run every stage (see the module docstring); ``out`` writes a status line for the user."""
+    import dataclasses
+
+    import torch
+
+    import unierase
+    from unierase import api
+    from unierase import prompting as P
+    from unierase.demo import _sample, _write_run
+    from unierase.eval import suite
+    from unierase.eval.generate import model_device
+    from unierase.finetune import TrainingData, finetune_cached
+
+    if settings.threads is not None:
+        torch.set_num_threads(settings.threads)
+    methods = resolve_methods(settings.methods)
+    out_dir = Path(settings.out)
+    t_all = time.perf_counter()
+
+    t = time.perf_counter()
+    training, data_dir, forget_split = _training_data(settings, out_dir / "data")
+    out(
+        _status(
+            "data",
+            f"{settings.preset}: forget {len(training.forget)} QA, retain {len(training.retain)}"
+            f" QA ({data_dir})",
+            time.perf_counter() - t,
+        )
+    )
+
+    overrides = {"seed": settings.seed, **settings.finetune_overrides}
+    t = time.perf_counter()
+    target = finetune_cached(
+        training, settings.model, overrides=overrides, progress=settings.progress
+    )
+    out(_status("finetune", f"target model ({'cached' if target.cached else 'trained'}): "
+                f"{target.path}", time.perf_counter() - t))  # fmt: skip
+    retain_ckpt = None
+    if settings.retain_model:
+        t = time.perf_counter()
+        retain_data = TrainingData(
+            list(training.retain),
+            training.forget,
+            training.retain,
+            {**training.description, "split": "retain", "n_items": len(training.retain)},
+        )
+        retain_ckpt = finetune_cached(
+            retain_data, settings.model, overrides=overrides, progress=settings.progress
+        )
+        out(_status("finetune", f"retain model ({'cached' if retain_ckpt.cached else 'trained'}):"
+                    f" {retain_ckpt.path}", time.perf_counter() - t))  # fmt: skip
+
+    caps = {
+        "forget": settings.forget_items,
+        "retain": settings.retain_items,
+        "general": settings.probe_items,
+        "real_authors": settings.probe_items,
+        "world_facts": settings.probe_items,
+    }
+    splits = {
+        role: suite.EvalSplit(role, _sample(sp.items, caps[role], settings.seed), sp.source)
+        for role, sp in suite.load_eval_splits(data_dir, forget_split=forget_split).items()
+        if role in caps
+    }
+    eval_config = suite.EvalConfig(
+        max_new_tokens=settings.max_new_tokens,
+        probe_max_new_tokens=settings.probe_max_new_tokens,
+        fmt=P.PromptFormat(),  # the format the fine-tunes, the baselines and api.unlearn use
+        progress=settings.progress,
+    )
+    embedding = None if settings.embedding_model == "none" else settings.embedding_model
+    aux_cache: dict[str, Any] = {}
+
+    def evaluate(model: Any, tokenizer: Any, name: str, directory: Path, reference=None):
+        if "aux" not in aux_cache:
+            aux_cache["aux"] = suite.load_auxiliary(embedding=embedding, device=model_device(model))
+        result = suite.evaluate(model, tokenizer, splits, eval_config, aux=aux_cache["aux"],
+                                retain_reference=reference, model_name=name,
+                                data_name=str(data_dir))  # fmt: skip
+        _write_run(result, directory)
+        return result
+
+    reference = None
+    if retain_ckpt is not None:
+        t = time.perf_counter()
+        model, tokenizer = unierase.load(retain_ckpt.path)
+        evaluate(model, tokenizer, "retain model", out_dir / "retain_model" / "eval")
+        del model
+        reference = suite.load_retain_reference(out_dir / "retain_model" / "eval")
+        out(_status("eval", "retain model (the forget-quality reference)", time.perf_counter() - t))
+    t = time.perf_counter()
+    model, tokenizer = unierase.load(target.path)
+    target_eval = evaluate(model, tokenizer, "target model", out_dir / "target" / "eval", reference)
+    del model
+    out(_status("eval", "target model (before unlearning)", time.perf_counter() - t))
+
+    results: dict[str, Any] = {
+        "format": "unierase-bench/1",
+        "preset": settings.preset,
+        "model": settings.model,
+        "data": {
+            **training.description,
+            "eval_items": {r: len(s.items) for r, s in splits.items()},
+        },
+        "target": {"path": str(target.path), "metrics": target_eval.summary["metrics"]},
+        "retain_model": str(retain_ckpt.path) if retain_ckpt is not None else None,
+        "methods": {},
+    }
+    for name in methods:
+        directory = out_dir / "methods" / method_dir_name(name)
+        t = time.perf_counter()
+        with PeakMemory() as memory:
+            if name == UNIERASE:
+                report = api.unlearn(
+                    target.path,
+                    training.forget,
+                    directory / "model",
+                    retain=training.retain,
+                    token_overrides=dict(settings.token_overrides),
+                    edit_overrides=dict(settings.edit_overrides),
+                    stats_texts=settings.stats_texts,
+                    seed=settings.seed,
+                    progress=settings.progress,
+                ).to_dict()
+                model, tokenizer = unierase.load(directory / "model")
+            else:
+                from unierase.baselines import run_baseline
+
+                model, tokenizer = unierase.load(target.path)
+                model, baseline = run_baseline(
+                    name,
+                    model,
+                    tokenizer,
+                    training.forget,
+                    training.retain,
+                    progress=settings.progress,
+                    **{"seed": settings.seed, **settings.baseline_overrides},
+                )
+                report = baseline.to_dict()
+        seconds = time.perf_counter() - t
+        result = evaluate(model, tokenizer, name, directory / "eval", reference)
+        del model
+        results["methods"][name] = {
+            "metrics": result.summary["metrics"],
+            "seconds": seconds,
+            "peak_memory_bytes": memory.peak_bytes,
+            "peak_memory_kind": memory.kind,
+            "report": report,
+        }
+        m = result.summary["metrics"]
+        out(_status(name, f"FE {_fmt(m.get('paper/forget_efficacy'))}, MU "
+                    f"{_fmt(m.get('paper/model_utility'))} (unlearning {seconds:.1f} s)",
+                    time.perf_counter() - t))  # fmt: skip
+    results["headline"] = headline_ratios(results["methods"])
+    results["seconds"] = time.perf_counter() - t_all
+    results["settings"] = {
+        k: (str(v) if isinstance(v, Path) else v)
+        for k, v in dataclasses.asdict(settings).items()
+        if k not in ("stats_texts",)
+    }
+    table = format_table(results)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / RESULTS_FILE).write_text(json.dumps(results, indent=2, default=str) + "\n", "utf-8")
+    (out_dir / TABLE_FILE).write_text(table + "\n", "utf-8")
+    out("")
+    out(table)
+    out(f"\nresults: {out_dir / RESULTS_FILE}, table: {out_dir / TABLE_FILE}")
+    return BenchResult(results, table, out_dir)
+
+
+# ----------------------------------------------------------------------------- summaries
+
+
+def _fmt(v: float | None) -> str:
+    return "-" if v is None else f"{v:.3f}"
+
+
+def headline_ratios(methods: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
+    """The paper's two headline comparisons, as measured.
+
+    ``mu_ratio``: UniErase's MU divided by the MU of the baseline with the highest FE;
+    ``fe_gain``: UniErase's FE relative to the FE of the baseline with the highest MU
+    (FE_u / FE_b - 1). None, with a reason, when UniErase or every baseline is missing a number.
+    """
+    fe, mu = "paper/forget_efficacy", "paper/model_utility"
+    out: dict[str, Any] = {"mu_ratio": None, "fe_gain": None}
+    ours = methods.get(UNIERASE, {}).get("metrics", {})
+    baselines = {
+        n: r["metrics"]
+        for n, r in methods.items()
+        if n != UNIERASE and r["metrics"].get(fe) is not None and r["metrics"].get(mu) is not None
+    }
+    if ours.get(fe) is None or ours.get(mu) is None or not baselines:
+        out["reason"] = "needs UniErase and at least one baseline with both FE and MU"
+        return out
+    best_fe = max(baselines, key=lambda n: baselines[n][fe])
+    best_mu = max(baselines, key=lambda n: baselines[n][mu])
+    out["best_forgetting_baseline"] = best_fe
+    out["best_retaining_baseline"] = best_mu
+    b_mu, b_fe = baselines[best_fe][mu], baselines[best_mu][fe]
+    out["mu_ratio"] = ours[mu] / b_mu if b_mu > 0 else None
+    out["fe_gain"] = ours[fe] / b_fe - 1 if b_fe > 0 else None
+    return out
+
+
+def format_table(results: Mapping[str, Any]) -> str:
+    """A Markdown table: one row per model (the target first), one column per headline metric."""
+    header = "| method | " + " | ".join(label for label, _ in TABLE_COLUMNS) + " | time (s) |"
+    lines = [header, "|" + "---|" * (len(TABLE_COLUMNS) + 2)]
+    rows = [("target (before)", results["target"]["metrics"], None)]
+    rows += [(n, r["metrics"], r["seconds"]) for n, r in results["methods"].items()]
+    for name, metrics, seconds in rows:
+        cells = [_fmt(metrics.get(key)) for _, key in TABLE_COLUMNS]
+        time_cell = "-" if seconds is None else f"{seconds:.0f}"
+        lines.append(f"| {name} | " + " | ".join(cells) + f" | {time_cell} |")
+    head = results.get("headline", {})
+    lines.append("")
+    if head.get("mu_ratio") is not None:
+        lines.append(
+            f"UniErase MU / MU of the best-forgetting baseline ({head['best_forgetting_baseline']})"
+            f": {head['mu_ratio']:.2f}x (the paper: ~4.0x)"
+        )
+    if head.get("fe_gain") is not None:
+        lines.append(
+            f"UniErase FE vs the best-retaining baseline ({head['best_retaining_baseline']}): "
+            f"{head['fe_gain']:+.0%} (the paper: +36%)"
+        )
+    if head.get("reason"):
+        lines.append(f"headline ratios: {head['reason']}")
+    return "\n".join(lines)
