@@ -117,6 +117,104 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(settings, _out)
 
 
+# ----------------------------------------------------------------------------- bench
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from unierase.bench import BenchSettings, resolve_methods, run_bench
+
+    methods = tuple(m.strip() for m in args.methods.split(",") if m.strip()) if args.methods else ()
+    try:
+        methods = resolve_methods(methods)
+    except ValueError as err:
+        _out(f"error: {err}")
+        return 2
+    baseline = {"epochs": args.baseline_epochs} if args.baseline_epochs else {}
+    if args.baseline_lr:
+        baseline["lr"] = args.baseline_lr
+    settings = BenchSettings(
+        model=args.model,
+        out=args.out,
+        preset=args.preset,
+        methods=methods,
+        tofu_dir=args.tofu_dir,
+        seed=args.seed,
+        forget_items=args.forget_items,
+        retain_items=args.retain_items,
+        probe_items=args.probe_items,
+        max_new_tokens=args.max_new_tokens,
+        embedding_model=args.embedding_model,
+        baseline_overrides=baseline,
+        retain_model=not args.no_retain_model,
+        threads=args.threads,
+        progress=not args.no_progress,
+    )
+    run_bench(settings, _out)
+    return 0
+
+
+def _add_bench_parser(add: Callable) -> None:
+    from unierase import bench as B
+
+    p = add(
+        "bench",
+        cmd_bench,
+        "UniErase and the fine-tuning baselines side by side on one target model: "
+        "results.json, table.md and per-method evaluation records.",
+    )
+    p.add_argument(
+        "--preset",
+        choices=B.PRESETS,
+        default="demo",
+        help="demo: the demo's synthetic authors; tofu-mini: 10 TOFU authors x 10 QA, 2 to "
+        "forget (default: demo)",
+    )
+    p.add_argument(
+        "--methods",
+        help="comma-separated: UniErase and any of "
+        + ", ".join(B.all_methods()[1:])
+        + " (default: all)",
+    )
+    p.add_argument("--model", default="smollm2-135m", help="base model (default: %(default)s)")
+    p.add_argument(
+        "--out", type=Path, default=B.DEFAULT_OUT, help="output directory (default: %(default)s)"
+    )
+    p.add_argument(
+        "--tofu-dir", type=Path, help=f"TOFU files for tofu-mini (default: {B.DEFAULT_TOFU})"
+    )
+    p.add_argument(
+        "--seed", type=int, default=0, help="seeds data, training and samples (default: 0)"
+    )
+    p.add_argument(
+        "--baseline-epochs", type=_positive_int, help="epochs of every baseline (default: 5)"
+    )
+    p.add_argument(
+        "--baseline-lr", type=float, help="learning rate of every baseline (default: each one's)"
+    )
+    p.add_argument(
+        "--forget-items", type=_positive_int, default=40, help="forget questions evaluated (40)"
+    )
+    p.add_argument(
+        "--retain-items", type=_positive_int, default=20, help="retain questions evaluated (20)"
+    )
+    p.add_argument(
+        "--probe-items", type=_positive_int, default=40, help="general-probe questions (40)"
+    )
+    p.add_argument(
+        "--max-new-tokens", type=_positive_int, default=48, help="answer length evaluated (48)"
+    )
+    p.add_argument(
+        "--embedding-model",
+        default="default",
+        help="sentence encoder: 'default', a directory or 'none' (default: %(default)s)",
+    )
+    p.add_argument(
+        "--no-retain-model", action="store_true", help="skip the retain model (no forget quality)"
+    )
+    p.add_argument("--threads", type=_positive_int, help="torch CPU threads")
+    p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+
+
 def _positive_int(text: str) -> int:
     try:
         value = int(text)
@@ -125,6 +223,110 @@ def _positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
     return value
+
+
+# ----------------------------------------------------------------------------- attack
+
+
+def cmd_attack(args: argparse.Namespace) -> int:
+    from unierase import prompting
+    from unierase.attacks import (
+        ATTACK_NAMES,
+        AttackConfig,
+        attack_models,
+        format_table,
+        load_attack_data,
+        write_run,
+    )
+
+    names = tuple(a.strip() for a in args.attacks.split(",") if a.strip())
+    kw = {"prefills": tuple(args.prefill)} if args.prefill else {}
+    try:
+        config = AttackConfig(
+            attacks=names or ATTACK_NAMES,
+            max_new_tokens=args.max_new_tokens,
+            batch_size=args.batch_size,
+            fmt=prompting.PromptFormat(
+                chat=False if args.no_chat else None, system_prompt=args.system_prompt
+            ),
+            token_text=args.token_text,
+            few_shot=args.few_shot,
+            relearn_fraction=args.relearn_fraction,
+            relearn_epochs=args.relearn_epochs,
+            relearn_lr=args.relearn_lr,
+            seed=args.seed,
+            **kw,
+        )
+    except ValueError as err:
+        _out(f"error: {err}")
+        return 2
+    out = Path(args.out)
+    if (out / "summary.json").exists() and not args.overwrite:
+        _out(f"error: {out} already holds an attack run (use --overwrite)")
+        return 2
+    data, sources = load_attack_data(
+        args.data, args.forget_split, holdout_split=args.holdout_split, max_items=args.max_items
+    )
+    models = {"unlearned": args.model, "retain": args.retain_model, "before": args.before_model}
+    results = attack_models({k: v for k, v in models.items() if v}, data, config,
+                            device=args.device)  # fmt: skip
+    info = {"data": str(args.data), "sources": sources}
+    summary = write_run(out, results, config, info, overwrite=args.overwrite)
+    _out(format_table(summary))
+    _out(f"\nwrote {out}: records.jsonl (per item), summary.json, table.txt")
+    return 0
+
+
+def _add_attack_parser(add: Callable) -> None:
+    from unierase.attacks.config import ATTACK_NAMES
+    from unierase.token.config import DEFAULT_TOKEN_TEXT
+
+    p = add(
+        "attack",
+        cmd_attack,
+        "Attack an unlearned model: does the forgotten knowledge come back (pre-fill, token "
+        "ban, paraphrase, typed token, instructions, few-shot, relearning, membership)? "
+        "Optionally the retain model (floor) and the model before unlearning (ceiling) too.",
+    )
+    p.add_argument("--model", required=True, help="the unlearned model (checkpoint directory)")
+    p.add_argument("--data", type=Path, required=True, help="a TOFU-layout directory")
+    p.add_argument(
+        "--forget-split", help="forget split, 'name' or 'name:task' (default: the only forget*)"
+    )
+    p.add_argument("--out", type=Path, required=True, help="directory for records and summary")
+    p.add_argument("--retain-model", help="model trained without the forget set (the floor)")
+    p.add_argument("--before-model", help="the model before unlearning (the ceiling)")
+    p.add_argument("--holdout-split", help="unseen items for membership inference (default: none)")
+    p.add_argument(
+        "--attacks",
+        default=",".join(ATTACK_NAMES),
+        help="comma-separated attacks to run (default: %(default)s)",
+    )
+    p.add_argument("--max-items", type=_positive_int, help="first N items per split (default: all)")
+    p.add_argument("--max-new-tokens", type=_positive_int, default=200,
+                   help="generation budget per answer (default: %(default)s)")  # fmt: skip
+    p.add_argument("--batch-size", type=_positive_int, default=16,
+                   help="sequences per forward pass (default: %(default)s)")  # fmt: skip
+    p.add_argument("--prefill", action="append",
+                   help="answer start for the prefill attack, repeatable (default: 'Sure, ' and "
+                   "'The answer is')")  # fmt: skip
+    p.add_argument("--token-text", default=DEFAULT_TOKEN_TEXT,
+                   help="the unlearning token's text (default: %(default)s)")  # fmt: skip
+    p.add_argument("--few-shot", type=_positive_int, default=3,
+                   help="answered questions of the same author before each question "
+                   "(default: %(default)s)")  # fmt: skip
+    p.add_argument("--relearn-fraction", type=float, default=0.5,
+                   help="share of the forget set relearnt; the rest is measured "
+                   "(default: %(default)s)")  # fmt: skip
+    p.add_argument("--relearn-epochs", type=_positive_int, default=2,
+                   help="relearning epochs (default: %(default)s)")  # fmt: skip
+    p.add_argument("--relearn-lr", type=float, default=1e-5,
+                   help="relearning learning rate (default: %(default)s)")  # fmt: skip
+    p.add_argument("--system-prompt", help="chat system prompt (default: the template's own)")
+    p.add_argument("--no-chat", action="store_true", help="plain Question/Answer prompts")
+    p.add_argument("--device", help="move each model here, e.g. cuda (default: where it loads)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
+    p.add_argument("--overwrite", action="store_true", help="replace a run in --out")
 
 
 # ----------------------------------------------------------------------------- eval
@@ -580,6 +782,8 @@ def build_parser() -> argparse.ArgumentParser:
         "(all-MiniLM-L6-v2), a local directory, or 'none' (default: %(default)s)",
     )
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    _add_bench_parser(add)
+    _add_attack_parser(add)
 
     p = add("info", cmd_info, "Load a model and show the structural layout unierase edits.")
     p.add_argument(
