@@ -15,7 +15,9 @@ Stages:
 
 Every method gets the same forget set, the same retain items and the same evaluation items.
 UniErase's checkpoint is kept (``methods/UniErase/model``); the baselines' models are evaluated in
-memory and not saved. Not yet here: the HTML report with plots, and ``--preset realworld``.
+memory and not saved. The batch run ends with an HTML report (``unierase.report``).
+Not yet here: ``--preset realworld``.
+``--mode sequential`` and ``--mode precise`` run ``unierase.bench_modes`` instead.
 """
 
 from __future__ import annotations
@@ -79,6 +81,9 @@ class BenchSettings:
         retain_model: fine-tune and evaluate a retain model (TOFU's forget quality needs it).
         threads: torch CPU threads (None: torch's default).
         progress: progress bars.
+        mode: "batch" (one forget set), "sequential" (``rounds`` rounds of ``per_round``
+            questions) or "precise" (``precise_items`` single questions); see
+            ``unierase.bench_modes``.
     """
 
     model: str = "smollm2-135m"
@@ -104,6 +109,10 @@ class BenchSettings:
     retain_model: bool = True
     threads: int | None = None
     progress: bool = True
+    mode: str = "batch"
+    rounds: int = 5
+    per_round: int = 4
+    precise_items: int = 20
 
 
 def all_methods() -> tuple[str, ...]:
@@ -234,8 +243,16 @@ def _training_data(settings: BenchSettings, data_dir: Path) -> tuple[Any, Path, 
 def run_bench(
     settings: BenchSettings, out: Callable[[str], None] = lambda _line: None
 ) -> BenchResult:
-    """Run every stage (see the module docstring); ``out`` writes a status line for the user."""
+    """Run every stage (see the module docstring); ``out`` writes a status line for the user.
+
+    ``settings.mode`` "sequential" and "precise" run ``unierase.bench_modes`` instead.
+    """
     import dataclasses
+
+    if settings.mode != "batch":
+        from unierase.bench_modes import run_mode_bench
+
+        return run_mode_bench(settings, out)
 
     import torch
 
@@ -401,7 +418,18 @@ def run_bench(
     out("")
     out(table)
     out(f"\nresults: {out_dir / RESULTS_FILE}, table: {out_dir / TABLE_FILE}")
+    _write_html_report(out_dir, out)
     return BenchResult(results, table, out_dir)
+
+
+def _write_html_report(out_dir: Path, out: Callable[[str], None]) -> None:
+    """The HTML report (``unierase.report``); a failure there must not lose a finished run."""
+    from unierase.report import write_report
+
+    try:
+        out(f"report: {write_report(out_dir)}")
+    except Exception:  # the results are already on disk; the report can be re-rendered
+        log.exception("the HTML report failed; re-render it with `unierase report %s`", out_dir)
 
 
 # ----------------------------------------------------------------------------- summaries

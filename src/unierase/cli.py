@@ -148,6 +148,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
         retain_model=not args.no_retain_model,
         threads=args.threads,
         progress=not args.no_progress,
+        mode=args.mode,
+        rounds=args.rounds,
+        per_round=args.per_round,
+        precise_items=args.precise_items,
     )
     run_bench(settings, _out)
     return 0
@@ -174,6 +178,29 @@ def _add_bench_parser(add: Callable) -> None:
         help="comma-separated: UniErase and any of "
         + ", ".join(B.all_methods()[1:])
         + " (default: all)",
+    )
+    p.add_argument(
+        "--mode",
+        choices=("batch", "sequential", "precise"),
+        default="batch",
+        help="batch: one forget set; sequential: --rounds rounds of --per-round new questions, "
+        "each method continuing from its last round; precise: --precise-items single questions, "
+        "each from a fresh target model (default: %(default)s)",
+    )
+    p.add_argument(
+        "--rounds", type=_positive_int, default=5, help="sequential: rounds (default: 5)"
+    )
+    p.add_argument(
+        "--per-round",
+        type=_positive_int,
+        default=4,
+        help="sequential: new forget questions per round (default: 4)",
+    )
+    p.add_argument(
+        "--precise-items",
+        type=_positive_int,
+        default=20,
+        help="precise: single questions forgotten one at a time (default: 20)",
     )
     p.add_argument("--model", default="smollm2-135m", help="base model (default: %(default)s)")
     p.add_argument(
@@ -213,6 +240,34 @@ def _add_bench_parser(add: Callable) -> None:
     )
     p.add_argument("--threads", type=_positive_int, help="torch CPU threads")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+
+
+# ----------------------------------------------------------------------------- report
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from unierase.report import write_report
+
+    path = write_report(args.run_dir, args.out, n_samples=args.samples)
+    _out(f"report: {path}")
+    return 0
+
+
+def _add_report_parser(add: Callable) -> None:
+    p = add(
+        "report",
+        cmd_report,
+        "Render the HTML report of a finished `unierase bench` run from its results.json and "
+        "evaluation records (no model is loaded).",
+    )
+    p.add_argument("run_dir", type=Path, help="the bench output directory (its --out)")
+    p.add_argument("--out", type=Path, help="the HTML file (default: RUN_DIR/report.html)")
+    p.add_argument(
+        "--samples",
+        type=_positive_int,
+        default=3,
+        help="forget and retain questions shown with every model's answer (default: %(default)s)",
+    )
 
 
 def _positive_int(text: str) -> int:
@@ -783,6 +838,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
     _add_bench_parser(add)
+    _add_report_parser(add)
     _add_attack_parser(add)
 
     p = add("info", cmd_info, "Load a model and show the structural layout unierase edits.")
