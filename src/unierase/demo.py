@@ -204,6 +204,28 @@ def _unlearn_stage(
     from unierase import api
 
     t = time.perf_counter()
+    key = _stage_key(
+        "unlearn",
+        str(tuned_dir),
+        _fingerprint_file(tuned_dir),
+        [it.question for it in training.forget],
+        [it.question for it in training.retain],
+        dict(settings.token_overrides),
+        dict(settings.edit_overrides),
+        settings.stats_texts,
+        settings.seed,
+    )
+    if _stage_done(model_dir, key):
+        report = json.loads((model_dir / api.REPORT_FILE).read_text("utf-8"))
+        out(
+            _status(
+                "unlearn",
+                f"reused: {report['forget_questions']} questions, edit success "
+                f"{report['edit']['success']:.0%} (same inputs as the last run) -> {model_dir}",
+                time.perf_counter() - t,
+            )
+        )
+        return
     report = api.unlearn(
         tuned_dir,
         training.forget,
@@ -215,6 +237,7 @@ def _unlearn_stage(
         seed=settings.seed,
         progress=settings.progress,
     )
+    _mark_done(model_dir, key)
     edit, secs = report.edit, report.seconds
     out(
         _status(
@@ -269,6 +292,20 @@ def _eval_stage(
         ("after", model_dir, "unlearned"),
     ):
         t = time.perf_counter()
+        key = _stage_key(
+            "eval", str(path), _fingerprint_file(path), config.to_dict(), embedding,
+            {role: [it.question for it in sp.items] for role, sp in splits.items()},
+        )  # fmt: skip
+        if _stage_done(eval_dir / label, key):
+            records, run_info = suite.read_records(eval_dir / label)
+            summary = json.loads((eval_dir / label / "summary.json").read_text("utf-8"))
+            runs[label] = suite.EvalResult(records, run_info, summary)
+            from transformers import AutoTokenizer
+
+            chat = P.uses_chat(AutoTokenizer.from_pretrained(path), fmt)
+            out(_status("eval", f"{label}: reused (same model and items) -> {eval_dir / label}",
+                        time.perf_counter() - t))  # fmt: skip
+            continue
         model, tokenizer = unierase.load(path)
         if aux is None:
             aux = suite.load_auxiliary(embedding=embedding, device=model_device(model))
@@ -277,6 +314,7 @@ def _eval_stage(
         chat = P.uses_chat(tokenizer, fmt)
         del model
         _write_run(runs[label], eval_dir / label)
+        _mark_done(eval_dir / label, key)
         out(
             _status(
                 "eval",
@@ -285,6 +323,37 @@ def _eval_stage(
             )
         )
     return runs, chat
+
+
+STAGE_KEY_FILE = "unierase_demo_stage.txt"
+
+
+def _stage_key(*parts: Any) -> str:
+    """A hash of everything a stage's output depends on."""
+    import hashlib
+
+    text = json.dumps(parts, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def _fingerprint_file(model_dir: Path) -> str:
+    """Size and modification time of a checkpoint's weights: changes when it is rewritten."""
+    files = sorted(Path(model_dir).glob("*.safetensors"))
+    return ";".join(f"{f.name}:{f.stat().st_size}:{f.stat().st_mtime_ns}" for f in files)
+
+
+def _stage_done(directory: Path, key: str) -> bool:
+    """Whether ``directory`` holds a complete output of a stage with this key.
+
+    The key file is written only after the stage's output is complete, so an interrupted run
+    is never mistaken for a finished one.
+    """
+    marker = directory / STAGE_KEY_FILE
+    return marker.is_file() and marker.read_text("utf-8").strip() == key
+
+
+def _mark_done(directory: Path, key: str) -> None:
+    (directory / STAGE_KEY_FILE).write_text(key + "\n", "utf-8")
 
 
 def _write_run(result: Any, directory: Path) -> None:
