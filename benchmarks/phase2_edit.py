@@ -28,7 +28,7 @@ from unierase.data.probes import load_general_probe, probe_is_correct
 from unierase.data.synth import synthetic_file_names, write_synthetic
 from unierase.edit import phase2
 from unierase.edit.config import preset_for
-from unierase.eval.generate import generate_answers
+from unierase.eval.generate import generate, generate_answers
 
 TOKEN = "<|unlearn|>"
 
@@ -65,6 +65,50 @@ def with_token(args, forget, retain):
     return model, tok, report.token_id, seconds
 
 
+def measure_precise(model, tok, layout, token_id, forget, config, args) -> dict:
+    """Precise mode: edit one question of an author, then look at that author's other questions.
+
+    The edited weights are put back afterwards, so the main measurement starts from the same
+    model.
+    """
+    author = forget[0].group
+    same = [it for it in forget if it.group == author]
+    target = same[args.precise]
+    others = [it for it in same if it is not target]
+
+    def answers(qs):
+        return generate(model, tok, qs, max_new_tokens=args.gen_tokens, batch_size=16)
+
+    before = answers([it.question for it in others])
+    pconfig = replace(config, granularity="question")
+    state = phase2.new_state(model, tok, layout, token_id, pconfig)
+    saved = {i: layout.down_proj_weight(model, i).detach().clone() for i in state.layers}
+    report = phase2.unlearning_edit(model, tok, layout, [target], state, pconfig)
+    after = answers([it.question for it in others])
+    edited = answers([target.question])[0]
+    with torch.no_grad():
+        for i, w in saved.items():
+            layout.down_proj_weight(model, i).copy_(w)
+    refused = [g.token_ids[:1] == [token_id] for g in after]
+    return {
+        "question": target.question,
+        "edit_success": report.success,
+        "answer_after": edited.text,
+        "answer_starts_with_token": edited.token_ids[:1] == [token_id],
+        "other_questions": len(others),
+        "others_unchanged": sum(
+            a.token_ids == b.token_ids for a, b in zip(before, after, strict=True)
+        ),
+        "others_starting_with_token": sum(refused),
+        "changed": [
+            {"q": it.question, "before": a.text, "after": b.text}
+            for it, a, b in zip(others, before, after, strict=True)
+            if a.token_ids != b.token_ids
+        ][:5],
+        "seconds": report.seconds,
+    }
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="smollm2-135m")
@@ -88,6 +132,13 @@ def main() -> None:
         "--token-cache",
         type=Path,
         help="directory holding (or to receive) the model with its trained token",
+    )
+    ap.add_argument(
+        "--precise",
+        type=int,
+        default=1,
+        help="first measure precise mode on the question with this index of the first forget "
+        "author (-1: skip)",
     )
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results/phase2_edit.json"))
     args = ap.parse_args()
@@ -134,6 +185,11 @@ def main() -> None:
     t = time.perf_counter()
     state = phase2.new_state(model, tok, layout, token_id, config)
     t_stats = time.perf_counter() - t
+
+    precise = None
+    if args.precise >= 0:
+        precise = measure_precise(model, tok, layout, token_id, forget, config, args)
+
     report = phase2.unlearning_edit(model, tok, layout, forget, state, config)
 
     retain_after = answers([r.question for r in retain])
@@ -164,6 +220,7 @@ def main() -> None:
         "probe_accuracy_before": acc_before / len(probe),
         "probe_accuracy_after": acc_after / len(probe),
         "report": report.to_dict(),
+        "precise": precise,
         "seconds": {
             "phase1": round(t_token, 1),
             "stats": round(t_stats, 1),
