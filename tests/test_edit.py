@@ -120,6 +120,38 @@ def test_trace_and_patch():
     torch.testing.assert_close(model(input_ids=ids).logits, base)  # the hook is gone
 
 
+@pytest.mark.parametrize("family", ["llama", "gpt2"])
+def test_forward_until_stops_after_the_module_and_reads_the_same_keys(family):
+    from unierase.edit.keys import read_rows
+    from unierase.edit.requests import Row
+    from unierase.edit.trace import forward_until
+
+    tok = tiny_tokenizer()
+    model = tiny_model(family, tok)
+    layout = find_layout(model)
+    calls = []
+    last = model.get_submodule(f"{layout.layers_name}.{layout.num_layers - 1}")
+    handle = last.register_forward_hook(lambda *a: calls.append(1))
+    ids = torch.tensor([tok("The author was born in a small town")["input_ids"]])
+    with Trace(model, [layout.down_proj_names[1]], inputs=True) as tr:
+        assert forward_until(model, f"{layout.layers_name}.1", input_ids=ids) is None
+    early = tr.inputs[layout.down_proj_names[1]]
+    assert calls == []  # the last block never ran
+    with Trace(model, [layout.down_proj_names[1]], inputs=True) as tr:
+        out = forward_until(model, f"{layout.layers_name}.{layout.num_layers - 1}", input_ids=ids)
+    assert out is None and calls == [1]
+    torch.testing.assert_close(early, tr.inputs[layout.down_proj_names[1]], rtol=0, atol=0)
+    assert model(input_ids=ids).logits.shape[1] == ids.shape[1]  # no stop hook left behind
+    handle.remove()
+
+    rows = [Row(tok("Who wrote the book")["input_ids"], 2), Row(ids[0].tolist(), 4)]
+    full = read_rows(model, layout, rows, key_layers=[1], hidden_layers=[2])
+    cut = read_rows(model, layout, rows, key_layers=[1], hidden_layers=[2], logits=False)
+    assert cut[2] is None and full[2].shape[0] == 2
+    torch.testing.assert_close(full[0][1], cut[0][1], rtol=0, atol=0)
+    torch.testing.assert_close(full[1][2], cut[1][2], rtol=0, atol=0)
+
+
 def test_statistics_ignore_padding_and_are_cached(tmp_path, monkeypatch):
     tok = tiny_tokenizer()
     model = tiny_model("llama", tok)

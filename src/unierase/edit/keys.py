@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import torch
 
 from unierase.edit.requests import EditRequest, Row, left_pad
-from unierase.edit.trace import Trace
+from unierase.edit.trace import Trace, forward_until
 from unierase.model import ModelLayout
 
 
@@ -21,20 +21,26 @@ def read_rows(
     hidden_layers: Sequence[int] = (),
     pad_id: int = 0,
     batch_size: int = 32,
-) -> tuple[dict[int, torch.Tensor], dict[int, torch.Tensor], torch.Tensor]:
+    logits: bool = True,
+) -> tuple[dict[int, torch.Tensor], dict[int, torch.Tensor], torch.Tensor | None]:
     """Read, at each row's position, down-projection inputs, block outputs and the logits.
+
+    Args:
+        logits: also return the last-token logits; without them the forward pass stops after
+            the last block read (much cheaper for early layers).
 
     Returns:
         keys: layer -> (n_rows, d_mlp) float32 down-projection inputs.
         hidden: layer -> (n_rows, d_hidden) float32 outputs of the decoder block.
-        last_logits: (n_rows, vocab) logits at each row's last token.
+        last_logits: (n_rows, vocab) logits at each row's last token (None without ``logits``).
     """
     device = model.get_input_embeddings().weight.device
     key_names = {layer: layout.down_proj_names[layer] for layer in key_layers}
     block_names = {layer: f"{layout.layers_name}.{layer}" for layer in hidden_layers}
     keys = {layer: [] for layer in key_layers}
     hidden = {layer: [] for layer in hidden_layers}
-    logits = []
+    last_logits = []
+    stop = f"{layout.layers_name}.{max([*key_layers, *hidden_layers])}" if not logits else None
     for start in range(0, len(rows), batch_size):
         chunk = rows[start : start + batch_size]
         ids, mask, position_ids, pos = left_pad(chunk, pad_id, device)
@@ -42,23 +48,25 @@ def read_rows(
             Trace(model, key_names.values(), inputs=True) as tk,
             Trace(model, block_names.values(), outputs=True) as th,
         ):
-            out = model(
+            inputs = dict(
                 input_ids=ids,
                 attention_mask=mask,
                 position_ids=position_ids,
                 use_cache=False,
                 logits_to_keep=1,
             )
+            out = forward_until(model, stop, **inputs) if stop else model(**inputs)
         arange = torch.arange(len(chunk), device=device)
         for layer, name in key_names.items():
             keys[layer].append(tk.inputs[name][arange, pos].float().cpu())
         for layer, name in block_names.items():
             hidden[layer].append(th.outputs[name][arange, pos].float().cpu())
-        logits.append(out.logits[:, -1].float().cpu())
+        if logits:
+            last_logits.append(out.logits[:, -1].float().cpu())
     return (
         {layer: torch.cat(v) for layer, v in keys.items()},
         {layer: torch.cat(v) for layer, v in hidden.items()},
-        torch.cat(logits),
+        torch.cat(last_logits) if logits else None,
     )
 
 
@@ -87,7 +95,13 @@ def request_keys_and_hidden(
         for ctx in req.contexts:
             rows += ctx
     keys, hidden, _ = read_rows(
-        model, layout, rows, key_layers=[key_layer], hidden_layers=[value_layer], pad_id=pad_id
+        model,
+        layout,
+        rows,
+        key_layers=[key_layer],
+        hidden_layers=[value_layer],
+        pad_id=pad_id,
+        logits=False,
     )
     k_all, h_all = keys[key_layer], hidden[value_layer]
     out_k, out_h = [], []

@@ -23,7 +23,7 @@ import torch
 from tqdm.auto import tqdm
 
 from unierase import prompting as P
-from unierase.edit.trace import Trace
+from unierase.edit.trace import Trace, forward_until
 from unierase.model import ModelLayout, cache_dir, model_fingerprint
 
 log = logging.getLogger(__name__)
@@ -118,7 +118,14 @@ def collect_second_moments(
             for row, s in enumerate(seqs):
                 ids[row, : len(s)] = torch.tensor(s)
                 mask[row, : len(s)] = True
-            model(input_ids=ids.to(device), attention_mask=mask.long().to(device), use_cache=False)
+            # Only the layers up to the last one counted are needed: stop the pass there.
+            forward_until(
+                model,
+                f"{layout.layers_name}.{max(layers)}",
+                input_ids=ids.to(device),
+                attention_mask=mask.long().to(device),
+                use_cache=False,
+            )
             for layer, name in names.items():
                 keys = tr.inputs[name][mask.to(tr.inputs[name].device)].float()
                 sums[layer] += (keys.T @ keys).to(device="cpu", dtype=torch.float64)

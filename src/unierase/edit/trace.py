@@ -90,3 +90,29 @@ def patch_output(model: nn.Module, name: str, fn: Callable[[torch.Tensor], torch
         yield
     finally:
         handle.remove()
+
+
+class _StopForward(Exception):
+    """Raised by :func:`forward_until` once the last module it needs has run."""
+
+
+def forward_until(model: nn.Module, name: str, **inputs: Any) -> Any:
+    """Run ``model(**inputs)`` but stop right after module ``name`` has produced its output.
+
+    Reading keys or hidden states of early layers does not need the rest of the network:
+    stopping there saves most of the forward pass (layer 8 of 30: about 70%). Hooks registered
+    earlier on the same module (a :class:`Trace`) still run, since hooks run in registration
+    order. Returns the model's output, or None when it stopped early.
+    """
+    module = model.get_submodule(name)
+
+    def stop(module: nn.Module, args: tuple, output: Any) -> None:
+        raise _StopForward
+
+    handle = module.register_forward_hook(stop)
+    try:
+        return model(**inputs)
+    except _StopForward:
+        return None
+    finally:
+        handle.remove()

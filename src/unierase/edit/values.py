@@ -125,7 +125,9 @@ def optimise_values(
     # Unedited hidden states at the subject, and the subject's own next-token distribution.
     from unierase.edit.keys import read_rows
 
-    _, hid, _ = read_rows(model, layout, nll_rows, hidden_layers=[layer], pad_id=pad_id)
+    _, hid, _ = read_rows(
+        model, layout, nll_rows, hidden_layers=[layer], pad_id=pad_id, logits=False
+    )
     hidden = torch.zeros(n, hid[layer].shape[1])
     hidden.index_add_(0, nll_owner_t, hid[layer])
     hidden /= torch.bincount(nll_owner_t, minlength=n).clamp(min=1).unsqueeze(1).float()
