@@ -329,10 +329,12 @@ STAGE_KEY_FILE = "unierase_demo_stage.txt"
 
 
 def _stage_key(*parts: Any) -> str:
-    """A hash of everything a stage's output depends on."""
+    """A hash of everything a stage's output depends on (the package version included)."""
     import hashlib
 
-    text = json.dumps(parts, sort_keys=True, default=str)
+    from unierase import __version__
+
+    text = json.dumps([__version__, *parts], sort_keys=True, default=str)
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
