@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import time
 from pathlib import Path
@@ -116,8 +117,9 @@ def main() -> None:
         "device": str(next(model.parameters()).device),
         "torch_threads": args.threads,
         "cpu": platform.processor() or platform.machine(),
-        "note": "shared machine: other engineers' jobs ran at the same time; batched and "
-        "one-at-a-time runs alternate per group of prompts",
+        "note": "batched and one-at-a-time runs alternate per group of prompts",
+        "load_average_1min_at_end": round(os.getloadavg()[0], 2),
+        "cpus": os.cpu_count(),
         "prompts": len(questions),
         "max_new_tokens": args.max_new_tokens,
         "batched": batched,
