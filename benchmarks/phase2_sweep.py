@@ -91,6 +91,7 @@ def main() -> None:
     ap.add_argument("settings", nargs="+", help="FRAC:LAMBDA (alpha, random) or 0:MU (memit)")
     ap.add_argument("--v-loss-stop", type=float, help="early stop of the value optimisation")
     ap.add_argument("--v-clamp", type=float, help="clamp of the value shift (x ||h||)")
+    ap.add_argument("--layers", help="edited layers, e.g. 10,11,12 (default: the preset's band)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "phase2_sweep")
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results/phase2_sweep.jsonl"))
@@ -109,6 +110,8 @@ def main() -> None:
         overrides["v_loss_stop"] = args.v_loss_stop
     if args.v_clamp is not None:
         overrides["v_clamp"] = args.v_clamp
+    if args.layers:
+        overrides["layers"] = tuple(int(x) for x in args.layers.split(","))
     config = replace(preset_for(layout.hidden_size), **overrides)
     layers = config.resolved_layers(layout.num_layers)
 
@@ -134,7 +137,8 @@ def main() -> None:
     prefixes = generate_prefixes(model, tok, config.context_prefixes, config.prefix_tokens)
     requests = build_requests(tok, edited, granularity="entity", prefixes=prefixes)
     per_question = build_requests(tok, edited, granularity="question", prefixes=prefixes)
-    value_file = args.work / f"values_{config.v_loss_stop}_{config.v_clamp}.pt"
+    band = "-".join(map(str, layers))
+    value_file = args.work / f"values_{band}_{config.v_loss_stop}_{config.v_clamp}.pt"
     if value_file.is_file():
         target = torch.load(value_file)
     else:
