@@ -52,6 +52,7 @@ def generate(
     batch_size: int = 16,
     extra_stop_ids: Sequence[int] = (),
     banned_ids: Sequence[int] = (),
+    answer_prefix_ids: Sequence[int] = (),
     progress: bool = False,
     desc: str = "generate",
 ) -> list[Generation]:
@@ -70,6 +71,8 @@ def generate(
         batch_size: prompts per forward pass (left padded).
         extra_stop_ids: further ids that end an answer (e.g. the unlearning token).
         banned_ids: ids that may never be generated.
+        answer_prefix_ids: ids placed at the start of every answer turn (pre-filled answer);
+            the returned generations hold only what the model wrote after them.
         progress: show a progress bar (with tokens/s).
         desc: the progress bar's label.
     """
@@ -79,9 +82,9 @@ def generate(
     stop_set = set(stops)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stops[0]
     device = model_device(model)
-    encs = [P.encode(tokenizer, q, fmt=fmt) for q in questions]
+    encs = [P.encode(tokenizer, q, fmt=fmt, answer_prefix_ids=answer_prefix_ids) for q in questions]
     # Similar lengths share a batch: less padding, fewer wasted positions.
-    order = sorted(range(len(encs)), key=lambda i: encs[i].prompt_length)
+    order = sorted(range(len(encs)), key=lambda i: len(encs[i].input_ids))
     results: list[Generation | None] = [None] * len(encs)
     kwargs: dict[str, Any] = {}
     if banned_ids:
@@ -92,8 +95,10 @@ def generate(
     for b in range(0, len(order), batch_size):
         chunk = order[b : b + batch_size]
         batch = P.collate(
-            [encs[i] for i in chunk], pad_id, left=True, prompt_only=True, with_labels=False
-        )
+            # A pre-filled answer start is part of what the model reads (not prompt_only).
+            [encs[i] for i in chunk], pad_id, left=True, prompt_only=not answer_prefix_ids,
+            with_labels=False,
+        )  # fmt: skip
         out = model.generate(
             input_ids=batch.input_ids.to(device),
             attention_mask=batch.attention_mask.to(device),
