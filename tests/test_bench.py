@@ -17,7 +17,6 @@ from unierase.bench import (
     resolve_methods,
     run_bench,
 )
-from unierase.testing import tiny_model, tiny_tokenizer
 
 STATS_TEXTS = [
     "The author was born in 1970 and writes science fiction. She lives in London.",
@@ -47,16 +46,6 @@ EDIT = {
     "prefix_tokens": 2,
     "repair_rounds": 0,
 }
-
-
-@pytest.fixture
-def base_dir(tmp_path, monkeypatch):
-    monkeypatch.setenv("UNIERASE_CACHE", str(tmp_path / "cache"))
-    path = tmp_path / "base"
-    tok = tiny_tokenizer()
-    tiny_model("llama", tok, init_std=0.2).save_pretrained(path)
-    tok.save_pretrained(path)
-    return path
 
 
 def test_methods_resolve_case_insensitively_and_reject_unknown_ones():

@@ -24,7 +24,6 @@ from unierase.bench_modes import (
     precise_item_metrics,
 )
 from unierase.data.schema import DataError, QAItem
-from unierase.testing import tiny_model, tiny_tokenizer
 
 # Tiny settings, as in test_bench.py: a few seconds per UniErase run on a tiny model.
 STATS_TEXTS = [
@@ -169,16 +168,6 @@ def test_precise_metrics_measure_the_item_its_paraphrase_neighbours_and_retain()
 
 
 # ----------------------------------------------------------------------------- end to end
-
-
-@pytest.fixture
-def base_dir(tmp_path, monkeypatch):
-    monkeypatch.setenv("UNIERASE_CACHE", str(tmp_path / "cache"))
-    path = tmp_path / "base"
-    tok = tiny_tokenizer()
-    tiny_model("llama", tok, init_std=0.2).save_pretrained(path)
-    tok.save_pretrained(path)
-    return path
 
 
 def _settings(base_dir, out, **kw) -> BenchSettings:

@@ -8,7 +8,7 @@ import pytest
 from transformers import AutoModelForCausalLM
 
 from unierase.demo import DemoSettings, run_demo
-from unierase.testing import tiny_model, tiny_tokenizer
+from unierase.testing import tiny_tokenizer
 
 STATS_TEXTS = [
     "The author was born in 1970 and writes science fiction. She lives in London.",
@@ -41,16 +41,6 @@ EDIT = {
     "prefix_tokens": 2,
     "repair_rounds": 0,
 }
-
-
-@pytest.fixture
-def base_dir(tmp_path, monkeypatch):
-    monkeypatch.setenv("UNIERASE_CACHE", str(tmp_path / "cache"))
-    path = tmp_path / "base"
-    tok = tiny_tokenizer()
-    tiny_model("llama", tok, init_std=0.2).save_pretrained(path)
-    tok.save_pretrained(path)
-    return path
 
 
 def _settings(base_dir, out) -> DemoSettings:
