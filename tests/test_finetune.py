@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from unierase import finetune as F
 from unierase import prompting as P
 from unierase.data.schema import DataError, QAItem
 from unierase.finetune import (
@@ -507,3 +508,43 @@ def test_replay_adds_the_base_models_own_answers():
         assert enc.input_ids[enc.prompt_length :] == answer_ids + ([] if cut else end)
     _, result = finetune(model, tok, QA, dataclasses.replace(config, epochs=1, batch_size=8))
     assert result.n_items == len(QA) + len(encs)
+
+
+def test_base_model_id_follows_content_not_location(tiny_checkpoint, tmp_path):
+    import os
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(tiny_checkpoint, copy)
+    weights = next(copy.glob("*.safetensors"))
+    os.utime(weights, ns=(1, 1))  # another install: same bytes, another time and place
+    assert F.base_model_id(copy) == F.base_model_id(tiny_checkpoint)
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 1  # one flipped bit of the last weight
+    weights.write_bytes(bytes(data))
+    assert F.base_model_id(copy) != F.base_model_id(tiny_checkpoint)
+
+
+@pytest.mark.parametrize(("family", "skips"), [("llama", True), ("gemma3", True), ("gpt2", False)])
+def test_skipping_frozen_blocks_gives_the_full_passes_result(family, skips):
+    # Two of four blocks trained for three epochs: epochs 2-3 start from the hidden states
+    # recorded in epoch 1. The losses and weights match full passes up to float rounding.
+    tok = tiny_tokenizer()
+    config = FinetuneConfig(epochs=3, lr=3e-3, batch_size=2, train_fraction=0.5)
+    runs = {}
+    for reuse in (False, True):
+        model = _learnable_model(family, tok)
+        calls = []
+        first_block = model.get_submodule(F._trained_blocks(model, config)[0])[0]
+        first_block.register_forward_hook(lambda m, a, o, c=calls: c.append(a[0].shape[0]))
+        tuned, result = F.finetune(model, tok, QA * 2, config, reuse_frozen=reuse)
+        # The shared prompt prefix runs as one row; the batches' own passes have two.
+        runs[reuse] = (tuned.state_dict(), result.losses, sum(rows > 1 for rows in calls))
+    (full_w, full_loss, full_calls), (fast_w, fast_loss, fast_calls) = runs[False], runs[True]
+    assert fast_loss == pytest.approx(full_loss, rel=1e-4, abs=1e-5)
+    for k, v in full_w.items():
+        torch.testing.assert_close(fast_w[k], v, rtol=1e-4, atol=1e-5)
+    # 8 items in batches of 2: the lowest block ran on the 4 batches of epoch 1 and on the one
+    # full pass that checks the replay, instead of 4 batches x 3 epochs. The tiny GPT-2 has
+    # dropout, which draws new noise in every pass: nothing is skipped there.
+    assert (full_calls, fast_calls) == (12, 5 if skips else 12)
