@@ -2,10 +2,16 @@
 
 Stages:
 
-1. ``[data]``     the demo's fictitious authors (``--preset demo``) or a subset of the real TOFU
-                  files (``--preset tofu-mini``);
+1. ``[data]``     the demo's fictitious authors (``--preset demo``), a subset of the real TOFU
+                  files (``--preset tofu-mini``) or well-known real people (``--preset
+                  realworld``, ``unierase.data.realworld``; ``--data FILE`` replaces them);
+   ``[filter]``   realworld only: the base model's greedy answers decide which questions it
+                  knows; people with at least 2 known questions stay, a seeded draw of
+                  ``forget`` of them is the forget group and the others are the neighbours (the
+                  retain set). The answers are cached in ``<out>/filter``;
 2. ``[finetune]`` the target model (every author) and the retain model (the kept authors only),
-                  both cached;
+                  both cached. realworld fine-tunes nothing: the target is the base model, and
+                  there is no retain model (its forget quality is reported as skipped);
 3. ``[eval]``     the target model and the retain model (the retain model's forget truth ratios
                   are the reference of TOFU's forget quality);
 4. one stage per method: UniErase (``api.unlearn``) or a baseline (``baselines.run_baseline``)
@@ -16,7 +22,6 @@ Stages:
 Every method gets the same forget set, the same retain items and the same evaluation items.
 UniErase's checkpoint is kept (``methods/UniErase/model``); the baselines' models are evaluated in
 memory and not saved. The batch run ends with an HTML report (``unierase.report``).
-Not yet here: ``--preset realworld``.
 ``--mode sequential`` and ``--mode precise`` run ``unierase.bench_modes`` instead.
 """
 
@@ -36,7 +41,8 @@ from typing import Any
 log = logging.getLogger(__name__)
 
 UNIERASE = "UniErase"
-PRESETS = ("demo", "tofu-mini")
+REALWORLD = "realworld"
+PRESETS = ("demo", "tofu-mini", REALWORLD)
 DEFAULT_OUT = Path("runs/bench")
 DEFAULT_TOFU = Path("../shared/data/tofu")
 # tofu-mini: TOFU's first 2 forget10 authors and 8 retain authors, 10 QA each (100 QA), sized
@@ -44,6 +50,12 @@ DEFAULT_TOFU = Path("../shared/data/tofu")
 TOFU_MINI = {"authors": 10, "forget_authors": 2, "questions_per_author": 10}
 RESULTS_FILE = "results.json"
 TABLE_FILE = "table.md"
+FILTER_DIR = "filter"  # realworld: the base model's answers and which questions it knows
+FILTER_FILE = "filter.jsonl"
+NO_RETAIN_MODEL = (
+    "not defined in the real-world setting: the base model learned these people in "
+    "pre-training, so there is no retain model that never saw them"
+)
 
 # (column label, summary key) of the Markdown table.
 TABLE_COLUMNS: tuple[tuple[str, str], ...] = (
@@ -67,10 +79,14 @@ class BenchSettings:
     Attributes:
         model: base model, anything ``unierase.load`` accepts.
         out: output directory.
-        preset: "demo" (synthetic authors, like ``unierase demo``) or "tofu-mini".
+        preset: "demo" (synthetic authors, like ``unierase demo``), "tofu-mini" or "realworld"
+            (well-known people the base model already knows; no fine-tune).
         methods: "UniErase" and baseline names (``unierase.baselines.METHODS``), in order.
         tofu_dir: the TOFU files for "tofu-mini".
-        authors, forget, questions: the demo preset's synthetic set.
+        authors, forget, questions: the demo preset's synthetic set; ``forget`` is also the
+            number of people realworld forgets.
+        data: realworld: a JSONL file of people questions in the package set's schema
+            (``unierase.data.realworld``) instead of the package's set.
         seed: data, fine-tunes, baselines and UniErase's Phase I.
         forget_items, retain_items, probe_items: evaluation caps (seeded samples).
         max_new_tokens, probe_max_new_tokens: generation budgets of the evaluation.
@@ -91,6 +107,7 @@ class BenchSettings:
     preset: str = "demo"
     methods: tuple[str, ...] = ()
     tofu_dir: Path | None = None
+    data: Path | None = None
     authors: int = 10
     forget: int = 2
     questions: int = 10
@@ -240,6 +257,129 @@ def _training_data(settings: BenchSettings, data_dir: Path) -> tuple[Any, Path, 
     raise ValueError(f"unknown preset {settings.preset!r}; choose from {', '.join(PRESETS)}")
 
 
+def _base_answers(settings: BenchSettings, questions: Sequence[str]) -> list[str]:
+    """The base model's greedy answers to ``questions``, in the prompt format and with the
+    answer budget the evaluation uses (so the filter sees what the target's evaluation sees)."""
+    import unierase
+    from unierase import prompting as P
+    from unierase.eval.generate import generate
+
+    model, tokenizer = unierase.load(settings.model)
+    model.eval()
+    generations = generate(
+        model,
+        tokenizer,
+        questions,
+        fmt=P.PromptFormat(),
+        max_new_tokens=settings.max_new_tokens,
+        progress=settings.progress,
+        desc="filter: generate",
+    )
+    return [g.text for g in generations]
+
+
+def _realworld_data(
+    settings: BenchSettings, out_dir: Path, out: Callable[[str], None]
+) -> tuple[Any, Path]:
+    """The ``[filter]`` stage of the realworld preset: (TrainingData, the data directory).
+
+    The TrainingData trains on nothing (the target is the base model); its forget set is the
+    known questions of the forget people, its retain set those of the neighbours. The base
+    model's answers are cached in ``<out>/filter`` under a key of the model and the data, so a
+    rerun (another seed, another forget count) does not generate again.
+    """
+    import dataclasses
+
+    from unierase import prompting as P
+    from unierase.data.realworld import (
+        REALWORLD_FILE,
+        accepted_answers,
+        is_known,
+        load_realworld,
+        split_known,
+    )
+    from unierase.data.schema import DataError
+    from unierase.demo import _fingerprint_file, _mark_done, _stage_done, _stage_key
+    from unierase.finetune import TrainingData
+    from unierase.model import _atomic_dir
+
+    t = time.perf_counter()
+    items = load_realworld(settings.data)
+    source = str(settings.data) if settings.data is not None else f"package {REALWORLD_FILE}"
+    model_path = Path(settings.model)
+    key = _stage_key(
+        "realworld-filter",
+        settings.model,
+        _fingerprint_file(model_path) if model_path.is_dir() else None,
+        [item.to_dict() for item in items],  # the aliases are in the items' meta
+        dataclasses.asdict(P.PromptFormat()),
+        settings.max_new_tokens,
+    )
+    filter_dir = out_dir / FILTER_DIR
+    filter_file = filter_dir / FILTER_FILE
+    cached = _stage_done(filter_dir, key)
+    if cached:
+        rows = [json.loads(line) for line in filter_file.read_text("utf-8").splitlines() if line]
+        answers = [row["generation"] for row in rows]
+    else:
+        answers = _base_answers(settings, [item.question for item in items])
+    known = [is_known(item, answer) for item, answer in zip(items, answers, strict=True)]
+    if not cached:
+        with _atomic_dir(filter_dir) as tmp:
+            with open(tmp / FILTER_FILE, "w", encoding="utf-8") as f:
+                for item, answer, ok in zip(items, answers, known, strict=True):
+                    row = {
+                        "question": item.question,
+                        "group": item.group,
+                        "accepted": accepted_answers(item),
+                        "generation": answer,
+                        "known": ok,
+                    }
+                    f.write(json.dumps(row, ensure_ascii=False) + "\n")
+            _mark_done(tmp, key)
+    try:
+        split = split_known(items, known, n_forget=settings.forget, seed=settings.seed)
+    except DataError as err:
+        raise DataError(f"{settings.model}: {err} The answers are in {filter_file}.") from err
+
+    data_dir = out_dir / "data"
+    with _atomic_dir(data_dir) as tmp:
+        for name, subset in (("forget", split.forget), ("neighbours", split.neighbours)):
+            lines = [json.dumps(item.to_dict(), ensure_ascii=False) for item in subset]
+            (tmp / f"{name}.jsonl").write_text("\n".join(lines) + "\n", "utf-8")
+    record = {
+        **split.describe(),
+        "source": source,
+        "filter_file": str(filter_file),
+        "filter_cached": cached,
+        "filter_max_new_tokens": settings.max_new_tokens,
+    }
+    description = {
+        "directory": str(data_dir),
+        "source": source,
+        "split": "none (realworld: the base model is not fine-tuned)",
+        "forget_authors": split.forget_people,
+        "retain_authors": len(split.neighbour_people),
+        "n_forget": len(split.forget),
+        "n_retain": len(split.neighbours),
+        "n_items": 0,
+        "realworld": record,
+    }
+    out(
+        _status(
+            "filter",
+            f"{settings.model} answers {split.questions_known} of {split.questions_total} "
+            f"questions correctly{' (cached answers)' if cached else ''}; "
+            f"{record['people_kept']} of {split.people_total} people have >= "
+            f"{split.min_questions} -> forget {', '.join(split.forget_people)} "
+            f"({len(split.forget)} QA), {len(split.neighbour_people)} neighbours "
+            f"({len(split.neighbours)} QA)",
+            time.perf_counter() - t,
+        )
+    )
+    return TrainingData([], split.forget, split.neighbours, description), data_dir
+
+
 def run_bench(
     settings: BenchSettings, out: Callable[[str], None] = lambda _line: None
 ) -> BenchResult:
@@ -249,6 +389,11 @@ def run_bench(
     """
     import dataclasses
 
+    realworld = settings.preset == REALWORLD
+    if realworld and settings.mode != "batch":
+        raise ValueError(f"--preset {REALWORLD} runs in batch mode only, not {settings.mode!r}")
+    if settings.data is not None and not realworld:
+        raise ValueError(f"--data is used by --preset {REALWORLD} only")
     if settings.mode != "batch":
         from unierase.bench_modes import run_mode_bench
 
@@ -271,7 +416,11 @@ def run_bench(
     t_all = time.perf_counter()
 
     t = time.perf_counter()
-    training, data_dir, forget_split = _training_data(settings, out_dir / "data")
+    if realworld:
+        training, data_dir = _realworld_data(settings, out_dir, out)
+        forget_split = None
+    else:
+        training, data_dir, forget_split = _training_data(settings, out_dir / "data")
     out(
         _status(
             "data",
@@ -283,13 +432,20 @@ def run_bench(
 
     overrides = {"seed": settings.seed, **settings.finetune_overrides}
     t = time.perf_counter()
-    target = finetune_cached(
-        training, settings.model, overrides=overrides, progress=settings.progress
-    )
-    out(_status("finetune", f"target model ({'cached' if target.cached else 'trained'}): "
-                f"{target.path}", time.perf_counter() - t))  # fmt: skip
+    if realworld:
+        # The paper's real-world setting: forget what the original model already knows.
+        target_path: str | Path = settings.model
+        out(_status("finetune", f"none: realworld unlearns the base model itself ({target_path});"
+                    " no retain model (forget quality is not defined)"))  # fmt: skip
+    else:
+        target = finetune_cached(
+            training, settings.model, overrides=overrides, progress=settings.progress
+        )
+        target_path = target.path
+        out(_status("finetune", f"target model ({'cached' if target.cached else 'trained'}): "
+                    f"{target.path}", time.perf_counter() - t))  # fmt: skip
     retain_ckpt = None
-    if settings.retain_model:
+    if settings.retain_model and not realworld:
         t = time.perf_counter()
         retain_data = TrainingData(
             list(training.retain),
@@ -310,9 +466,19 @@ def run_bench(
         "real_authors": settings.probe_items,
         "world_facts": settings.probe_items,
     }
+    if realworld:
+        from unierase.data.probes import load_general_probe
+
+        sources = {
+            "forget": suite.EvalSplit("forget", training.forget, "realworld forget people"),
+            "retain": suite.EvalSplit("retain", training.retain, "realworld neighbours"),
+            "general": suite.EvalSplit("general", load_general_probe(), "package general probe"),
+        }
+    else:
+        sources = suite.load_eval_splits(data_dir, forget_split=forget_split)
     splits = {
         role: suite.EvalSplit(role, _sample(sp.items, caps[role], settings.seed), sp.source)
-        for role, sp in suite.load_eval_splits(data_dir, forget_split=forget_split).items()
+        for role, sp in sources.items()
         if role in caps
     }
     eval_config = suite.EvalConfig(
@@ -330,6 +496,8 @@ def run_bench(
         result = suite.evaluate(model, tokenizer, splits, eval_config, aux=aux_cache["aux"],
                                 retain_reference=reference, model_name=name,
                                 data_name=str(data_dir))  # fmt: skip
+        if realworld and result.summary["metrics"].get("tofu/forget_quality") is None:
+            result.summary["skipped"]["tofu/forget_quality"] = NO_RETAIN_MODEL
         _write_run(result, directory)
         return result
 
@@ -342,7 +510,7 @@ def run_bench(
         reference = suite.load_retain_reference(out_dir / "retain_model" / "eval")
         out(_status("eval", "retain model (the forget-quality reference)", time.perf_counter() - t))
     t = time.perf_counter()
-    model, tokenizer = unierase.load(target.path)
+    model, tokenizer = unierase.load(target_path)
     target_eval = evaluate(model, tokenizer, "target model", out_dir / "target" / "eval", reference)
     del model
     out(_status("eval", "target model (before unlearning)", time.perf_counter() - t))
@@ -355,17 +523,23 @@ def run_bench(
             **training.description,
             "eval_items": {r: len(s.items) for r, s in splits.items()},
         },
-        "target": {"path": str(target.path), "metrics": target_eval.summary["metrics"]},
+        "target": {
+            "path": str(target_path),
+            "finetuned": not realworld,
+            "metrics": target_eval.summary["metrics"],
+        },
         "retain_model": str(retain_ckpt.path) if retain_ckpt is not None else None,
         "methods": {},
     }
+    if realworld:
+        results["skipped"] = {"tofu/forget_quality": NO_RETAIN_MODEL}
     for name in methods:
         directory = out_dir / "methods" / method_dir_name(name)
         t = time.perf_counter()
         with PeakMemory() as memory:
             if name == UNIERASE:
                 report = api.unlearn(
-                    target.path,
+                    target_path,
                     training.forget,
                     directory / "model",
                     retain=training.retain,
@@ -379,7 +553,7 @@ def run_bench(
             else:
                 from unierase.baselines import run_baseline
 
-                model, tokenizer = unierase.load(target.path)
+                model, tokenizer = unierase.load(target_path)
                 model, baseline = run_baseline(
                     name,
                     model,
@@ -491,4 +665,6 @@ def format_table(results: Mapping[str, Any]) -> str:
         )
     if head.get("reason"):
         lines.append(f"headline ratios: {head['reason']}")
+    for key, reason in results.get("skipped", {}).items():
+        lines.append(f"{key}: skipped ({reason})")
     return "\n".join(lines)

@@ -129,6 +129,12 @@ def cmd_bench(args: argparse.Namespace) -> int:
     except ValueError as err:
         _out(f"error: {err}")
         return 2
+    if args.data is not None and args.preset != "realworld":
+        _out("error: --data is used by --preset realworld only")
+        return 2
+    if args.preset == "realworld" and args.mode != "batch":
+        _out(f"error: --preset realworld runs in batch mode only, not --mode {args.mode}")
+        return 2
     baseline = {"epochs": args.baseline_epochs} if args.baseline_epochs else {}
     if args.baseline_lr:
         baseline["lr"] = args.baseline_lr
@@ -138,6 +144,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
         preset=args.preset,
         methods=methods,
         tofu_dir=args.tofu_dir,
+        data=args.data,
+        forget=args.forget,
         seed=args.seed,
         forget_items=args.forget_items,
         retain_items=args.retain_items,
@@ -171,7 +179,22 @@ def _add_bench_parser(add: Callable) -> None:
         choices=B.PRESETS,
         default="demo",
         help="demo: the demo's synthetic authors; tofu-mini: 10 TOFU authors x 10 QA, 2 to "
-        "forget (default: demo)",
+        "forget; realworld: well-known real people the base model already answers correctly, "
+        "unlearned from the base model itself (no fine-tune, no retain model) (default: demo)",
+    )
+    p.add_argument(
+        "--data",
+        type=Path,
+        metavar="FILE",
+        help="realworld: a JSONL file of questions about people (question, answer, group = the "
+        "person, subject, optional aliases, paraphrased_answer, perturbed_answer) instead of "
+        "the package's set",
+    )
+    p.add_argument(
+        "--forget",
+        type=_positive_int,
+        default=2,
+        help="people (realworld) or synthetic authors (demo) to forget (default: %(default)s)",
     )
     p.add_argument(
         "--methods",
