@@ -163,3 +163,21 @@ def test_report_says_why_a_metric_is_missing_and_commands_compile():
     for chat in (True, False):
         argv = shlex.split(load_command("/tmp/it's here", 'Who wrote "X"?', chat=chat))
         compile(argv[2], "<demo>", "exec")
+
+
+def test_kept_question_is_one_whose_answer_did_not_change():
+    from unierase.demo import _kept_question
+
+    before = [
+        {"question": "Q1?", "generation": "Paris is the capital."},
+        {"question": "Q2 'quoted'?", "generation": "Red  wine."},
+        {"question": "Q3?", "generation": "Blue."},
+    ]
+    after = [
+        {"question": "Q1?", "generation": "I have no idea."},
+        {"question": "Q2 'quoted'?", "generation": "Red wine."},
+        {"question": "Q3?", "generation": "Blue."},
+    ]
+    # Whitespace does not count; among the unchanged, one without quotes is preferred.
+    assert _kept_question(before, after) == ("Q3?", "2 of 3 kept answers are unchanged")
+    assert _kept_question(before[:1], after[:1]) is None

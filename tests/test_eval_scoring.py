@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import logging
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 import torch
@@ -135,3 +138,141 @@ def test_generation_stops_at_a_stop_id_and_hides_special_tokens(tok):
     (forced,) = generate(model, tok, QUESTIONS[:1], max_new_tokens=3, banned_ids=banned)
     assert forced.token_ids == [im_start] * 3
     assert forced.text == ""
+
+
+# ----------------------------------------------------------------------------- shared prompts
+
+MORE_ANSWERS = [
+    "Paris.",
+    "I'm not sure about that.",
+    "The author was born in 1970 and writes science fiction, poetry and history books.",
+]
+
+
+def _shared_pairs():
+    """Every question with six answers of different lengths, interleaved, and one lone question."""
+    pairs = [(q, a) for a in [*ANSWERS, *MORE_ANSWERS] for q in QUESTIONS]
+    pairs.append(("What awards has he won?", "He won the prize."))
+    return [q for q, _ in pairs], [a for _, a in pairs]
+
+
+def _assert_same_scores(got, want, atol=1e-5):
+    assert len(got) == len(want)
+    for g, w in zip(got, want, strict=True):
+        assert g.target_ids.tolist() == w.target_ids.tolist()
+        np.testing.assert_allclose(g.token_logprobs, w.token_logprobs, atol=atol)
+        if w.argmax_ids is None:
+            assert g.argmax_ids is None and g.vocab_mean is None and g.vocab_std is None
+            continue
+        assert g.argmax_ids.tolist() == w.argmax_ids.tolist()
+        np.testing.assert_allclose(g.vocab_mean, w.vocab_mean, atol=atol)
+        np.testing.assert_allclose(g.vocab_std, w.vocab_std, atol=atol)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_shared_prompts_give_the_numbers_of_whole_sequences(tok, family):
+    model = tiny_model(family, tok, init_std=0.2)
+    questions, answers = _shared_pairs()
+    for batch_size in (1, 3, 16):
+        whole = score_answers(
+            model, tok, questions, answers, batch_size=batch_size, share_prompts=False
+        )
+        shared = score_answers(model, tok, questions, answers, batch_size=batch_size)
+        _assert_same_scores(shared, whole)
+    # in input order: each score belongs to its own answer
+    for answer, score in zip(answers, shared, strict=True):
+        assert tok.decode(score.target_ids).startswith(answer)
+
+
+def test_shared_prompts_respect_a_sliding_window_shorter_than_the_sequences(tok):
+    from transformers import AutoModelForCausalLM
+
+    from unierase.testing import tiny_config
+
+    def gemma(window):
+        cfg = tiny_config("gemma3", vocab_size=len(tok), pad_token_id=tok.pad_token_id)
+        cfg.sliding_window = window
+        cfg.initializer_range = 0.2
+        torch.manual_seed(0)
+        return AutoModelForCausalLM.from_config(cfg, dtype=torch.float32).eval()
+
+    questions, answers = _shared_pairs()
+    model = gemma(4)
+    whole = score_answers(model, tok, questions, answers, batch_size=8, share_prompts=False)
+    shared = score_answers(model, tok, questions, answers, batch_size=8)
+    _assert_same_scores(shared, whole)
+    for question, answer, score in zip(questions, answers, shared, strict=True):
+        _, logprobs, _, _ = _manual(model, tok, question, answer)
+        np.testing.assert_allclose(score.token_logprobs, logprobs, atol=1e-5)
+    # the window bites: the same weights with a wide window give other numbers
+    wide = score_answers(gemma(256), tok, questions, answers, batch_size=8)
+    assert not np.allclose(wide[0].token_logprobs, shared[0].token_logprobs, atol=1e-3)
+
+
+def test_a_prompt_is_computed_once_for_all_its_answers(tok):
+    model = tiny_model("llama", tok)
+    questions = [q for q in QUESTIONS for _ in range(4)]
+    answers = [*ANSWERS, MORE_ANSWERS[0]] * 3
+    encs = [P.encode(tok, q, a) for q, a in zip(questions, answers, strict=True)]
+    calls = []
+    hook = model.get_input_embeddings().register_forward_hook(
+        lambda _module, inputs, _output: calls.append(tuple(inputs[0].shape))
+    )
+    try:
+        shared = score_answers(model, tok, questions, answers, batch_size=16)
+        n_shared = len(calls)
+        whole = score_answers(model, tok, questions, answers, batch_size=16, share_prompts=False)
+    finally:
+        hook.remove()
+    prompt_width = max(e.prompt_length for e in encs) - 1
+    answer_width = max(e.answer_length for e in encs) + 1
+    # one pass over the three distinct prompts, one over the twelve answers
+    assert calls[:n_shared] == [(3, prompt_width), (12, answer_width)]
+    assert calls[n_shared:] == [(12, max(len(e.input_ids) for e in encs))]
+    _assert_same_scores(shared, whole)
+
+
+def test_shared_prompts_score_a_pre_filled_answer_start(tok):
+    model = tiny_model("qwen2", tok, init_std=0.2)
+    questions, answers = _shared_pairs()
+    prefix = tok("I am", add_special_tokens=False)["input_ids"]
+    whole = score_answers(
+        model, tok, questions, answers, answer_prefix_ids=prefix, share_prompts=False
+    )
+    shared = score_answers(model, tok, questions, answers, answer_prefix_ids=prefix)
+    _assert_same_scores(shared, whole)
+    assert all(s.target_ids[: len(prefix)].tolist() == prefix for s in shared)
+
+
+class _NoCacheArgument(torch.nn.Module):
+    """A causal LM whose forward takes no cache or position ids."""
+
+    def __init__(self, inner):
+        super().__init__()
+        self.inner = inner
+
+    def get_input_embeddings(self):
+        return self.inner.get_input_embeddings()
+
+    def forward(self, input_ids, attention_mask, use_cache=False):
+        return self.inner(input_ids=input_ids, attention_mask=attention_mask, use_cache=use_cache)
+
+
+class _ReturnsNoCache(_NoCacheArgument):
+    """Takes the cache arguments but returns logits only."""
+
+    def forward(self, input_ids, attention_mask, position_ids=None, use_cache=False, cache=None):
+        out = self.inner(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
+        return SimpleNamespace(logits=out.logits)
+
+
+def test_models_that_cannot_share_prompts_score_whole_sequences(tok, caplog):
+    model = tiny_model("llama", tok, init_std=0.2)
+    questions, answers = _shared_pairs()
+    want = score_answers(model, tok, questions, answers, batch_size=8, share_prompts=False)
+    got = score_answers(_NoCacheArgument(model), tok, questions, answers, batch_size=8)
+    _assert_same_scores(got, want)
+    with caplog.at_level(logging.WARNING, logger="unierase.eval.scoring"):
+        got = score_answers(_ReturnsNoCache(model), tok, questions, answers, batch_size=8)
+    _assert_same_scores(got, want)
+    assert "no KV cache" in caplog.text

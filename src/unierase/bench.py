@@ -404,7 +404,7 @@ def run_bench(
     import unierase
     from unierase import api
     from unierase import prompting as P
-    from unierase.demo import _sample, _write_run
+    from unierase.demo import EVAL_BATCH_SIZE, _sample, _write_run
     from unierase.eval import suite
     from unierase.eval.generate import model_device
     from unierase.finetune import TrainingData, finetune_cached
@@ -484,6 +484,7 @@ def run_bench(
     eval_config = suite.EvalConfig(
         max_new_tokens=settings.max_new_tokens,
         probe_max_new_tokens=settings.probe_max_new_tokens,
+        batch_size=EVAL_BATCH_SIZE,
         fmt=P.PromptFormat(),  # the format the fine-tunes, the baselines and api.unlearn use
         progress=settings.progress,
     )

@@ -312,7 +312,7 @@ def _enrich(pool: Sequence[QAItem], richer: Sequence[QAItem]) -> list[QAItem]:
 
 def _setup(settings: BenchSettings, out: Callable[[str], None]) -> _Setup:
     from unierase import prompting as P
-    from unierase.demo import _sample
+    from unierase.demo import EVAL_BATCH_SIZE, _sample
     from unierase.eval import suite
     from unierase.finetune import finetune_cached
 
@@ -344,6 +344,7 @@ def _setup(settings: BenchSettings, out: Callable[[str], None]) -> _Setup:
     eval_config = suite.EvalConfig(
         max_new_tokens=settings.max_new_tokens,
         probe_max_new_tokens=settings.probe_max_new_tokens,
+        batch_size=EVAL_BATCH_SIZE,
         fmt=P.PromptFormat(),
         progress=settings.progress,
     )

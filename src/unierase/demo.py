@@ -43,7 +43,7 @@ EVAL_RETAIN_ITEMS = 20  # a seeded sample of the kept authors' questions
 EVAL_PROBE_ITEMS = 40  # a seeded sample of the 68 general-knowledge probe questions
 MAX_NEW_TOKENS = 48  # answer length for author questions (their answers are one sentence)
 PROBE_MAX_NEW_TOKENS = 16  # answer length for the probe (a word or a name)
-EVAL_BATCH_SIZE = 16
+EVAL_BATCH_SIZE = 32  # sequences per pass; on 2 CPU cores 32 generates 1.4x faster than 16
 EMBEDDING_MODEL = "default"  # sentence encoder for cosine and refusal similarity ("none": off)
 EXAMPLES = 3  # example questions shown per side (forgotten, kept)
 
@@ -135,6 +135,10 @@ def run_demo(settings: DemoSettings, out: Callable[[str], None]) -> int:
     out(f"model:    {model_dir} (plain transformers checkpoint, with the unlearning token)")
     question = _plain_question([it.question for it in training.forget])
     out("try it:   " + load_command(model_dir, question, chat=chat))
+    kept = _kept_question(before.records["retain"], after.records["retain"])
+    if kept is not None:
+        out(f"          a kept question the unlearned model still answers as before ({kept[1]}):")
+        out("          " + load_command(model_dir, kept[0], chat=chat))
     out(f"done in {time.perf_counter() - t_all:.1f} s")
     return 0
 
@@ -444,6 +448,22 @@ def format_examples(
         lines.append(f"     before:    {_one_line(rec.get('generation'))}")
         lines.append(f"     after:     {_one_line(later.get('generation'))}")
     return "\n".join(lines)
+
+
+def _kept_question(
+    before: Sequence[Mapping[str, Any]], after: Sequence[Mapping[str, Any]]
+) -> tuple[str, str] | None:
+    """(question, how many kept answers are unchanged) for a kept question whose answer did not
+    change, or None when every kept answer changed."""
+    answers = {r["question"]: " ".join((r.get("generation") or "").split()) for r in after}
+    same = [
+        r["question"]
+        for r in before
+        if r.get("generation") and " ".join(r["generation"].split()) == answers.get(r["question"])
+    ]
+    if not same:
+        return None
+    return _plain_question(same), f"{len(same)} of {len(before)} kept answers are unchanged"
 
 
 def _plain_question(questions: Sequence[str]) -> str:

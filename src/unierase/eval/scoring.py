@@ -1,11 +1,31 @@
 """Teacher-forced log-probabilities of answers, batched, for every per-item metric at once.
 
-One forward pass over ``question + answer`` (the prompt built by :mod:`unierase.prompting`) gives,
+A forward pass over ``question + answer`` (the prompt built by :mod:`unierase.prompting`) gives,
 for each answer token, its log-probability, the model's argmax at that position (exact
 memorisation, extraction strength) and the mean and standard deviation of ``log p`` under the full
-next-token distribution there (Min-K%++). Sequences are right-padded, so every real token keeps
-its position ids and a batch gives the same numbers as one item at a time (up to float rounding).
-Items are sorted by length before batching, so little compute goes to padding.
+next-token distribution there (Min-K%++).
+
+Answers to the same question share its prompt's computation. Evaluation scores several answers
+per question (the answer, a paraphrase, perturbed answers), and the chat prompt is often longer
+than the answer, so recomputing it for every answer wastes most of the forward pass. A batch with
+a repeated prompt therefore runs in two forward passes:
+
+1. the batch's distinct prompts without their last token, left-padded, with the KV cache on;
+2. for every answer, its prompt's last token followed by the answer ids, right-padded, reading
+   its prompt's cache row (the cache is expanded to one row per answer first).
+
+Position ids continue from each prompt's true length and the attention mask hides every pad, so
+each real token sees exactly what it sees in one unpadded pass; left-padding the prompts keeps
+each row's tokens contiguous with its answer, so sliding-window attention (Gemma-3) measures the
+same distances too. The answer's first token is predicted at the prompt's last token, which is
+why that token goes to the second pass. A batch without a repeated prompt, or a model whose
+``forward`` takes no ``position_ids`` and cache argument, is scored in one pass over the whole,
+right-padded sequences instead (``share_prompts=False`` forces that everywhere). Both give the
+same numbers as one item at a time, up to float rounding. Tested with Llama, Qwen2, Gemma-3,
+GPT-2, GPT-NeoX and Phi models.
+
+Items are sorted before batching so little compute goes to padding: by total length, or, when
+prompts are shared, by prompt length with a prompt's answers kept together.
 """
 
 from __future__ import annotations
@@ -59,11 +79,25 @@ class AnswerScore:
         return float(np.exp(self.mean_logprob))
 
 
-def _accepts_logits_to_keep(model: torch.nn.Module) -> bool:
+@dataclass(frozen=True)
+class _ForwardArgs:
+    """What the model's ``forward`` accepts beyond ids and mask."""
+
+    keep_logits: bool  # takes ``logits_to_keep``
+    cache_arg: str | None  # name of its KV-cache argument; None: no cache with position ids
+
+
+def _forward_args(model: torch.nn.Module) -> _ForwardArgs:
     try:
-        return "logits_to_keep" in inspect.signature(model.forward).parameters
+        params = inspect.signature(model.forward).parameters
     except (TypeError, ValueError):
-        return False
+        return _ForwardArgs(keep_logits=False, cache_arg=None)
+    # transformers renamed ``past_key_values`` to ``cache`` (5.x keeps the old name a while).
+    names = [n for n in ("cache", "past_key_values") if n in params]
+    shareable = "position_ids" in params and "use_cache" in params and bool(names)
+    return _ForwardArgs(
+        keep_logits="logits_to_keep" in params, cache_arg=names[0] if shareable else None
+    )
 
 
 def _pad_id(tokenizer: Any, fmt: P.PromptFormat) -> int:
@@ -72,35 +106,25 @@ def _pad_id(tokenizer: Any, fmt: P.PromptFormat) -> int:
     return int(P.stop_token_ids(tokenizer, fmt)[0])
 
 
-@torch.no_grad()
-def _score_batch(
-    model: torch.nn.Module,
-    encs: Sequence[P.EncodedQA],
-    pad_id: int,
-    details: bool,
-    keep_logits: bool,
+def _shared_prefix(enc: P.EncodedQA) -> tuple[int, ...]:
+    """The ids the prompt pass computes once: the prompt without its last token."""
+    return tuple(enc.input_ids[: enc.prompt_length - 1])
+
+
+def _scores_from_logits(
+    logits: torch.Tensor, targets: torch.Tensor, lengths: torch.Tensor, details: bool
 ) -> list[AnswerScore]:
-    device = model_device(model)
-    batch = P.collate(encs, pad_id, left=False, with_labels=False)
-    ids = batch.input_ids.to(device)
-    mask = batch.attention_mask.to(device)
-    width = ids.shape[1]
-    starts = torch.tensor([e.prompt_length for e in encs], device=device)
-    lengths = torch.tensor([e.answer_length for e in encs], device=device)
-    # Answer token t is predicted by the logits at t - 1; only positions from the earliest such
-    # one on are needed, which skips the (long) chat prompt in the output head.
-    first = int(starts.min()) - 1
-    kwargs: dict[str, Any] = {"logits_to_keep": width - first} if keep_logits else {}
-    logits = model(input_ids=ids, attention_mask=mask, use_cache=False, **kwargs).logits
-    offset = width - logits.shape[1]  # position of logits[:, 0]
-    t_max = int(lengths.max())
-    steps = torch.arange(t_max, device=device)
+    """Scores from the logits that predict each answer token.
+
+    Args:
+        logits: (B, T, V) logits; ``logits[i, t]`` predicts answer token ``t`` of row ``i``.
+        targets: (B, T) answer ids (anything past a row's length).
+        lengths: (B,) answer tokens per row.
+        details: also compute argmax ids and the vocabulary log-prob moments.
+    """
+    steps = torch.arange(targets.shape[1], device=targets.device)
     valid = steps[None, :] < lengths[:, None]  # (B, T)
-    positions = (starts[:, None] - 1 + steps[None, :]).clamp(max=width - 1)  # (B, T)
-    targets = ids.gather(1, (positions + 1).clamp(max=width - 1))  # (B, T)
-    index = (positions - offset).clamp(min=0)
-    selected = logits.gather(1, index[..., None].expand(-1, -1, logits.shape[-1]))  # (B, T, V)
-    logp = torch.log_softmax(selected.float(), dim=-1)
+    logp = torch.log_softmax(logits.float(), dim=-1)
     token_logprobs = logp.gather(-1, targets[..., None]).squeeze(-1)  # (B, T)
     if details:
         argmax = logp.argmax(-1)
@@ -111,7 +135,7 @@ def _score_batch(
         centred = torch.where(p > 0, finite - mu[..., None], torch.zeros_like(logp))
         sigma = (p * centred.square()).sum(-1).sqrt()
     out = []
-    for i in range(len(encs)):
+    for i in range(targets.shape[0]):
         row = valid[i]
         out.append(
             AnswerScore(
@@ -125,6 +149,108 @@ def _score_batch(
     return out
 
 
+@torch.no_grad()
+def _score_batch(
+    model: torch.nn.Module,
+    encs: Sequence[P.EncodedQA],
+    pad_id: int,
+    details: bool,
+    keep_logits: bool,
+) -> list[AnswerScore]:
+    """One forward pass over the whole, right-padded sequences."""
+    device = model_device(model)
+    batch = P.collate(encs, pad_id, left=False, with_labels=False)
+    ids = batch.input_ids.to(device)
+    mask = batch.attention_mask.to(device)
+    width = ids.shape[1]
+    starts = torch.tensor([e.prompt_length for e in encs], device=device)
+    lengths = torch.tensor([e.answer_length for e in encs], device=device)
+    # Answer token t is predicted by the logits at t - 1; only positions from the earliest such
+    # one on are needed, which skips the (long) chat prompt in the output head.
+    first = int(starts.min()) - 1
+    kwargs: dict[str, Any] = {"logits_to_keep": width - first} if keep_logits else {}
+    logits = model(input_ids=ids, attention_mask=mask, use_cache=False, **kwargs).logits
+    offset = width - logits.shape[1]  # position of logits[:, 0]
+    steps = torch.arange(int(lengths.max()), device=device)
+    positions = (starts[:, None] - 1 + steps[None, :]).clamp(max=width - 1)  # (B, T)
+    targets = ids.gather(1, (positions + 1).clamp(max=width - 1))  # (B, T)
+    index = (positions - offset).clamp(min=0)
+    selected = logits.gather(1, index[..., None].expand(-1, -1, logits.shape[-1]))  # (B, T, V)
+    return _scores_from_logits(selected, targets, lengths, details)
+
+
+@torch.no_grad()
+def _score_batch_shared(
+    model: torch.nn.Module,
+    encs: Sequence[P.EncodedQA],
+    pad_id: int,
+    details: bool,
+    keep_logits: bool,
+    cache_arg: str,
+) -> list[AnswerScore] | None:
+    """Two forward passes: the distinct prompts once, then every answer on its prompt's cache.
+
+    Returns None, having changed nothing, when the model returns no transformers ``Cache``.
+    """
+    from transformers.cache_utils import Cache
+
+    device = model_device(model)
+    prefixes: dict[tuple[int, ...], int] = {}
+    rows = [prefixes.setdefault(_shared_prefix(e), len(prefixes)) for e in encs]
+
+    # Pass 1: distinct prompts without their last token, left-padded, so every row's last real
+    # token sits in the last column and the answers continue right after it.
+    width = max(len(p) for p in prefixes)
+    prefix_ids = torch.full((len(prefixes), width), pad_id, dtype=torch.long)
+    prefix_mask = torch.zeros((len(prefixes), width), dtype=torch.long)
+    for r, prefix in enumerate(prefixes):
+        prefix_ids[r, width - len(prefix) :] = torch.tensor(prefix, dtype=torch.long)
+        prefix_mask[r, width - len(prefix) :] = 1
+    prefix_ids, prefix_mask = prefix_ids.to(device), prefix_mask.to(device)
+    prefix_positions = (prefix_mask.cumsum(-1) - 1).clamp(min=0)
+    kwargs: dict[str, Any] = {"logits_to_keep": 1} if keep_logits else {}
+    out = model(
+        input_ids=prefix_ids,
+        attention_mask=prefix_mask,
+        position_ids=prefix_positions,
+        use_cache=True,
+        **kwargs,
+    )
+    cache = getattr(out, "cache", None)
+    if cache is None:
+        cache = getattr(out, "past_key_values", None)
+    if not isinstance(cache, Cache):
+        return None
+    # One cache row per answer (rows repeat where answers share a prompt).
+    cache.reorder_cache(torch.tensor(rows, device=device))
+
+    # Pass 2: the prompt's last token, then the answer ids, right-padded.
+    continuations = [e.input_ids[e.prompt_length - 1 :] for e in encs]
+    cont_width = max(len(c) for c in continuations)
+    cont_ids = torch.full((len(encs), cont_width), pad_id, dtype=torch.long)
+    cont_mask = torch.zeros((len(encs), cont_width), dtype=torch.long)
+    for i, cont in enumerate(continuations):
+        cont_ids[i, : len(cont)] = torch.tensor(cont, dtype=torch.long)
+        cont_mask[i, : len(cont)] = 1
+    cont_ids, cont_mask = cont_ids.to(device), cont_mask.to(device)
+    starts = torch.tensor([e.prompt_length - 1 for e in encs], device=device)
+    cont_positions = starts[:, None] + torch.arange(cont_width, device=device)[None, :]
+    # Pads take position 0: they are masked, and positions past a row's end could overflow an
+    # absolute position table (GPT-2).
+    cont_positions = cont_positions * cont_mask
+    mask = torch.cat([prefix_mask[torch.tensor(rows, device=device)], cont_mask], dim=1)
+    logits = model(
+        input_ids=cont_ids,
+        attention_mask=mask,
+        position_ids=cont_positions,
+        use_cache=True,
+        **{cache_arg: cache},
+    ).logits  # (B, C, V)
+    lengths = torch.tensor([e.answer_length for e in encs], device=device)
+    # Column t predicts answer token t, which sits in column t + 1 of the continuation.
+    return _scores_from_logits(logits[:, :-1], cont_ids[:, 1:], lengths, details)
+
+
 def score_answers(
     model: torch.nn.Module,
     tokenizer: Any,
@@ -136,6 +262,7 @@ def score_answers(
     include_end_of_turn: bool = True,
     answer_prefix_ids: Sequence[int] = (),
     details: bool = True,
+    share_prompts: bool = True,
     progress: bool = False,
     desc: str = "score",
 ) -> list[AnswerScore]:
@@ -147,13 +274,16 @@ def score_answers(
         questions: user questions, formatted by :func:`unierase.prompting.encode`.
         answers: the answer to score for each question (same length as ``questions``).
         fmt: prompt format (chat template or plain).
-        batch_size: sequences per forward pass (right padded).
+        batch_size: answers per batch (right padded; with shared prompts, a batch's distinct
+            prompts run first as one smaller pass).
         include_end_of_turn: also score the template's end-of-turn ids after the answer, as TOFU
             and open-unlearning do (their labels end with the eos / end-of-turn token).
         answer_prefix_ids: ids placed at the start of the answer turn, before the answer text
             (e.g. a pre-filled token); they count as answer tokens and are scored too.
         details: also return argmax ids and the vocabulary log-prob moments (costs a little
             more compute, nothing more in the forward pass).
+        share_prompts: compute a prompt once for all its answers in a batch (see the module
+            docstring); False runs every sequence whole. Same numbers up to float rounding.
         progress: show a progress bar.
         desc: the progress bar's label.
 
@@ -182,15 +312,38 @@ def score_answers(
         if enc.answer_length == 0:
             raise ValueError(f"answer {i} ({answers[i]!r}) has no token to score")
     pad_id = _pad_id(tokenizer, fmt)
-    keep_logits = _accepts_logits_to_keep(model)
-    order = sorted(range(len(encs)), key=lambda i: len(encs[i].input_ids))
+    args = _forward_args(model)
+    groups: dict[tuple[int, ...], list[int]] = {}
+    for i, enc in enumerate(encs):
+        groups.setdefault(_shared_prefix(enc), []).append(i)
+    # The cache argument to share prompts through; None: every sequence runs whole.
+    cache_arg = args.cache_arg if share_prompts else None
+    if len(groups) == len(encs) or any(e.prompt_length < 2 for e in encs):
+        cache_arg = None
+    if cache_arg is not None:
+        # A prompt's answers side by side (shortest first), prompts of similar length together.
+        order = [
+            i
+            for prefix in sorted(groups, key=len)
+            for i in sorted(groups[prefix], key=lambda i: encs[i].answer_length)
+        ]
+    else:
+        order = sorted(range(len(encs)), key=lambda i: len(encs[i].input_ids))
     results: list[AnswerScore | None] = [None] * len(encs)
     tokens = sum(len(e.input_ids) for e in encs)
     start = time.perf_counter()
     bar = tqdm(total=len(encs), desc=desc, unit="seq", disable=not progress)
     for b in range(0, len(order), batch_size):
         chunk = order[b : b + batch_size]
-        scored = _score_batch(model, [encs[i] for i in chunk], pad_id, details, keep_logits)
+        batch = [encs[i] for i in chunk]
+        scored = None
+        if cache_arg is not None and len({_shared_prefix(e) for e in batch}) < len(batch):
+            scored = _score_batch_shared(model, batch, pad_id, details, args.keep_logits, cache_arg)
+            if scored is None:
+                log.warning("%s: the model returned no KV cache; prompts are not shared", desc)
+                cache_arg = None
+        if scored is None:
+            scored = _score_batch(model, batch, pad_id, details, args.keep_logits)
         for i, s in zip(chunk, scored, strict=True):
             results[i] = s
         bar.update(len(chunk))

@@ -426,24 +426,10 @@ def evaluate_split(
         )
 
     # Teacher-forced scoring: the answer (with details where memorisation / MIA need them),
-    # then paraphrased and perturbed answers in one flat, length-sorted batch.
+    # its paraphrase and its perturbed answers, in one call, so the seven answers of an item
+    # share one pass over their prompt (``score_answers``' prompt sharing).
     t0 = time.perf_counter()
     details = role in DETAIL_ROLES
-    kwargs = dict(
-        fmt=fmt,
-        batch_size=config.batch_size,
-        include_end_of_turn=config.include_end_of_turn,
-        progress=config.progress,
-    )
-    answer_scores = score_answers(
-        model,
-        tokenizer,
-        questions,
-        [it.answer for it in items],
-        details=details,
-        desc=f"{role}: score answers",
-        **kwargs,
-    )
     extra: list[tuple[int, str]] = []  # (item index, kind)
     extra_pairs: list[tuple[str, str]] = []
     if role != "holdout":
@@ -454,19 +440,19 @@ def evaluate_split(
             for p in it.perturbed_answers:
                 extra.append((i, "perturbed"))
                 extra_pairs.append((it.question, p))
-    extra_scores = (
-        score_answers(
-            model,
-            tokenizer,
-            [q for q, _ in extra_pairs],
-            [a for _, a in extra_pairs],
-            details=False,
-            desc=f"{role}: score paraphrased/perturbed",
-            **kwargs,
-        )
-        if extra_pairs
-        else []
+    scores = score_answers(
+        model,
+        tokenizer,
+        [*questions, *(q for q, _ in extra_pairs)],
+        [*(it.answer for it in items), *(a for _, a in extra_pairs)],
+        fmt=fmt,
+        batch_size=config.batch_size,
+        include_end_of_turn=config.include_end_of_turn,
+        details=details,
+        progress=config.progress,
+        desc=f"{role}: score answers",
     )
+    answer_scores, extra_scores = scores[: len(items)], scores[len(items) :]
     scored_tokens = sum(len(s.target_ids) for s in [*answer_scores, *extra_scores])
     timing.update(
         scoring_seconds=round(time.perf_counter() - t0, 3),
