@@ -276,3 +276,22 @@ def test_models_that_cannot_share_prompts_score_whole_sequences(tok, caplog):
         got = score_answers(_ReturnsNoCache(model), tok, questions, answers, batch_size=8)
     _assert_same_scores(got, want)
     assert "no KV cache" in caplog.text
+
+
+@pytest.mark.parametrize("share", [True, False])
+def test_details_can_be_asked_per_answer(tok, share):
+    model = tiny_model("llama", tok, init_std=0.2)
+    questions, answers = _shared_pairs()
+    flags = [i % 3 == 0 for i in range(len(answers))]
+    every = score_answers(model, tok, questions, answers, batch_size=4, share_prompts=share)
+    some = score_answers(
+        model, tok, questions, answers, batch_size=4, share_prompts=share, details=flags
+    )
+    for flag, full, part in zip(flags, every, some, strict=True):
+        if flag:
+            _assert_same_scores([part], [full])
+        else:
+            assert part.argmax_ids is None and part.vocab_std is None
+            np.testing.assert_allclose(part.token_logprobs, full.token_logprobs, atol=1e-5)
+    with pytest.raises(ValueError, match="details flags"):
+        score_answers(model, tok, questions, answers, details=flags[:-1])

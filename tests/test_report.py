@@ -132,3 +132,22 @@ def test_cli_report(run_dir, tmp_path, capsys):
     assert out.is_file() and str(out) in capsys.readouterr().out
     assert main(["report", str(tmp_path / "nowhere")]) == 2
     assert "no results.json" in capsys.readouterr().out
+
+
+def test_cli_report_writes_the_plots_as_svg_files(run_dir, tmp_path, capsys):
+    import xml.etree.ElementTree as ET
+
+    from unierase.cli import main
+
+    figs = tmp_path / "figs"
+    assert main(["report", str(run_dir), "--out", str(tmp_path / "r.html"), "--figures",
+                 str(figs)]) == 0  # fmt: skip
+    written = sorted(p.name for p in figs.iterdir())
+    assert "fe-mu.svg" in written and "per-split.svg" in written
+    assert capsys.readouterr().out.count("figure: ") == len(written)
+    html = (tmp_path / "r.html").read_text("utf-8")
+    for name in written:
+        root = ET.parse(figs / name).getroot()  # a standalone, well-formed SVG file
+        assert root.tag.endswith("svg")
+        # The same plot as in the page.
+        assert (figs / name).read_text("utf-8").strip() in html

@@ -273,6 +273,11 @@ def cmd_report(args: argparse.Namespace) -> int:
 
     path = write_report(args.run_dir, args.out, n_samples=args.samples)
     _out(f"report: {path}")
+    if args.figures is not None:
+        from unierase.report import write_figures
+
+        for fig in write_figures(args.run_dir, args.figures):
+            _out(f"figure: {fig}")
     return 0
 
 
@@ -285,6 +290,13 @@ def _add_report_parser(add: Callable) -> None:
     )
     p.add_argument("run_dir", type=Path, help="the bench output directory (its --out)")
     p.add_argument("--out", type=Path, help="the HTML file (default: RUN_DIR/report.html)")
+    p.add_argument(
+        "--figures",
+        type=Path,
+        metavar="DIR",
+        help="also write the plots as standalone SVG files to DIR (fe-mu.svg, fq-mu.svg, "
+        "per-split.svg)",
+    )
     p.add_argument(
         "--samples",
         type=_positive_int,

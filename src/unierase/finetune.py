@@ -719,7 +719,7 @@ def _length_bucketed_batches(
 
 
 def replay_encodings(
-    model: nn.Module, tokenizer: Any, config: FinetuneConfig, *, batch_size: int = 16
+    model: nn.Module, tokenizer: Any, config: FinetuneConfig, *, batch_size: int = 32
 ) -> list[P.EncodedQA]:
     """The model's own greedy answers to ``config.replay_questions`` general questions, encoded.
 

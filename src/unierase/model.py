@@ -7,6 +7,7 @@ head are. Nothing here branches on a model's name.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib.util
 import json
@@ -142,6 +143,36 @@ def _atomic_dir(final: Path):
     return _Ctx()
 
 
+@contextlib.contextmanager
+def _parse_gguf_once():
+    """Within the block, one parse per GGUF file and one tensor-name map per architecture.
+
+    transformers reads a GGUF file's metadata three times (config, weights, tokenizer; about
+    8 s each for SmolLM2's vocabulary) and rebuilds gguf's tensor-name map for every module it
+    visits (about 12 s). Both are pure functions of their arguments, so the block shares one
+    result per argument; the converted weights are the same bytes.
+    """
+    import functools
+
+    import gguf
+
+    reader, name_map = gguf.GGUFReader, gguf.get_tensor_name_map
+    readers: dict[tuple[str, str], Any] = {}
+
+    def shared_reader(path: Any, mode: str = "r") -> Any:
+        key = (str(Path(path).resolve()), mode)
+        if key not in readers:
+            readers[key] = reader(path, mode)
+        return readers[key]
+
+    gguf.GGUFReader = shared_reader
+    gguf.get_tensor_name_map = functools.lru_cache(maxsize=None)(name_map)
+    try:
+        yield
+    finally:
+        gguf.GGUFReader, gguf.get_tensor_name_map = reader, name_map
+
+
 def convert_gguf(gguf_path: Path, out_dir: Path) -> Path:
     """Dequantise a GGUF file into an fp32 safetensors checkpoint (model + tokenizer) at out_dir.
 
@@ -154,8 +185,11 @@ def convert_gguf(gguf_path: Path, out_dir: Path) -> Path:
     t0 = time.perf_counter()
     log.info("converting %s to safetensors (one time, ~20 s)", gguf_path.name)
     folder, name = str(gguf_path.parent), gguf_path.name
-    gguf_model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
-    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
+    with _parse_gguf_once():
+        gguf_model = AutoModelForCausalLM.from_pretrained(
+            folder, gguf_file=name, dtype=torch.float32
+        )
+        tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
     config = gguf_model.config
     if hasattr(config, "quantization_config"):
         del config.quantization_config

@@ -289,9 +289,10 @@ def _figure_html(fig_id: str, caption: str, svg: str | None, missing: str = "") 
     )
 
 
-def _scatter_figure(
-    results: Mapping[str, Any], fig_id: str, xkey: str, ykey: str, labels: tuple[str, str, str]
-) -> str:
+def _scatter(
+    results: Mapping[str, Any], xkey: str, ykey: str, labels: tuple[str, str, str]
+) -> tuple[str, str | None, str]:
+    """(caption, svg or None, why not plotted) of a scatter plot, one point per model."""
     points, absent = [], []
     for name, metrics in _models(results):
         x, y = _num(metrics.get(xkey)), _num(metrics.get(ykey))
@@ -303,9 +304,30 @@ def _scatter_figure(
     if absent:
         caption += f" Without a value (not plotted): {', '.join(absent)}."
     if not points:
-        return _figure_html(fig_id, caption, None, f"no model has both {xkey} and {ykey}")
-    svg = scatter_svg(points, labels[0], labels[1], labels[2], log_y=ykey == FQ)
-    return _figure_html(fig_id, caption, svg)
+        return caption, None, f"no model has both {xkey} and {ykey}"
+    return caption, scatter_svg(points, labels[0], labels[1], labels[2], log_y=ykey == FQ), ""
+
+
+def figures(results: Mapping[str, Any]) -> list[tuple[str, str, str | None, str]]:
+    """The report's plots: (id, caption, svg or None, why not plotted) each."""
+    fe_mu = _scatter(results, MU, FE, (
+        "model utility (paper, harmonic mean of 18 scores)",
+        "forget efficacy (paper)",
+        "Forget efficacy vs model utility",
+    ))  # fmt: skip
+    fq_mu = _scatter(results, TOFU_MU, FQ, (
+        "model utility (TOFU)",
+        "forget quality (KS-test p-value, log)",
+        "Forget quality vs model utility",
+    ))  # fmt: skip
+    bars = (
+        "Per split: ROUGE-L recall, answer probability, truth ratio and refusal rate of every "
+        "model (forget: lower is better except refusals; other splits: higher is better except "
+        "refusals).",
+        bars_svg(_models(results)),
+        "",
+    )
+    return [("fe-mu", *fe_mu), ("fq-mu", *fq_mu), ("per-split", *bars)]
 
 
 def _samples_html(run: BenchRun, n_samples: int) -> str:
@@ -365,26 +387,7 @@ def _setup_html(results: Mapping[str, Any]) -> str:
 def render_html(run: BenchRun, n_samples: int = 3) -> str:
     """The whole report page for a loaded run (see the module docstring)."""
     results = run.results
-    models = _models(results)
-    figures = [
-        _scatter_figure(results, "fe-mu", MU, FE, (
-            "model utility (paper, harmonic mean of 18 scores)",
-            "forget efficacy (paper)",
-            "Forget efficacy vs model utility",
-        )),
-        _scatter_figure(results, "fq-mu", TOFU_MU, FQ, (
-            "model utility (TOFU)",
-            "forget quality (KS-test p-value, log)",
-            "Forget quality vs model utility",
-        )),
-        _figure_html(
-            "per-split",
-            "Per split: ROUGE-L recall, answer probability, truth ratio and refusal rate of "
-            "every model (forget: lower is better except refusals; other splits: higher is "
-            "better except refusals).",
-            bars_svg(models),
-        ),
-    ]  # fmt: skip
+    figs = [_figure_html(*fig) for fig in figures(results)]
     return "\n".join(
         [
             "<!DOCTYPE html>",
@@ -400,10 +403,10 @@ def render_html(run: BenchRun, n_samples: int = 3) -> str:
             "<h2>Setup</h2>",
             _setup_html(results),
             "<h2>Forgetting vs utility</h2>",
-            figures[0],
-            figures[1],
+            figs[0],
+            figs[1],
             "<h2>Per split</h2>",
-            figures[2],
+            figs[2],
             "<h2>Table</h2>",
             _table_html(results),
             "<p class=\"note\">FE and MU: the paper's family; forget quality and TOFU MU: TOFU's. "
@@ -433,3 +436,19 @@ def write_report(run_dir: str | Path, out: str | Path | None = None, n_samples: 
     tmp.write_text(text, encoding="utf-8")
     tmp.replace(path)
     return path
+
+
+def write_figures(run_dir: str | Path, out_dir: str | Path) -> list[Path]:
+    """Write the report's plots as standalone SVG files (``fe-mu.svg``, ``fq-mu.svg``,
+    ``per-split.svg``) to ``out_dir``, for a README or a paper; returns the paths written
+    (a plot without data is left out)."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for fig_id, _caption, svg, _missing in figures(load_run(run_dir).results):
+        if svg is None:
+            continue
+        path = out / f"{fig_id}.svg"
+        path.write_text(svg + "\n", encoding="utf-8")
+        paths.append(path)
+    return paths

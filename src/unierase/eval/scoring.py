@@ -112,7 +112,7 @@ def _shared_prefix(enc: P.EncodedQA) -> tuple[int, ...]:
 
 
 def _scores_from_logits(
-    logits: torch.Tensor, targets: torch.Tensor, lengths: torch.Tensor, details: bool
+    logits: torch.Tensor, targets: torch.Tensor, lengths: torch.Tensor, details: Sequence[bool]
 ) -> list[AnswerScore]:
     """Scores from the logits that predict each answer token.
 
@@ -120,13 +120,17 @@ def _scores_from_logits(
         logits: (B, T, V) logits; ``logits[i, t]`` predicts answer token ``t`` of row ``i``.
         targets: (B, T) answer ids (anything past a row's length).
         lengths: (B,) answer tokens per row.
-        details: also compute argmax ids and the vocabulary log-prob moments.
+        details: per row, whether to also compute argmax ids and the vocabulary log-prob
+            moments (they cost several passes over the vocabulary per answer token).
     """
     steps = torch.arange(targets.shape[1], device=targets.device)
     valid = steps[None, :] < lengths[:, None]  # (B, T)
     logp = torch.log_softmax(logits.float(), dim=-1)
     token_logprobs = logp.gather(-1, targets[..., None]).squeeze(-1)  # (B, T)
-    if details:
+    rows = [i for i, d in enumerate(details) if d]
+    slot = {i: j for j, i in enumerate(rows)}  # batch row -> row of the detail tensors
+    if rows:
+        logp = logp[rows] if len(rows) < len(details) else logp
         argmax = logp.argmax(-1)
         p = logp.exp()
         finite = torch.where(p > 0, logp, torch.zeros_like(logp))
@@ -136,14 +140,14 @@ def _scores_from_logits(
         sigma = (p * centred.square()).sum(-1).sqrt()
     out = []
     for i in range(targets.shape[0]):
-        row = valid[i]
+        row, j = valid[i], slot.get(i)
         out.append(
             AnswerScore(
                 target_ids=targets[i][row].cpu().numpy(),
                 token_logprobs=token_logprobs[i][row].double().cpu().numpy(),
-                argmax_ids=argmax[i][row].cpu().numpy() if details else None,
-                vocab_mean=mu[i][row].double().cpu().numpy() if details else None,
-                vocab_std=sigma[i][row].double().cpu().numpy() if details else None,
+                argmax_ids=argmax[j][row].cpu().numpy() if j is not None else None,
+                vocab_mean=mu[j][row].double().cpu().numpy() if j is not None else None,
+                vocab_std=sigma[j][row].double().cpu().numpy() if j is not None else None,
             )
         )
     return out
@@ -154,7 +158,7 @@ def _score_batch(
     model: torch.nn.Module,
     encs: Sequence[P.EncodedQA],
     pad_id: int,
-    details: bool,
+    details: Sequence[bool],
     keep_logits: bool,
 ) -> list[AnswerScore]:
     """One forward pass over the whole, right-padded sequences."""
@@ -184,7 +188,7 @@ def _score_batch_shared(
     model: torch.nn.Module,
     encs: Sequence[P.EncodedQA],
     pad_id: int,
-    details: bool,
+    details: Sequence[bool],
     keep_logits: bool,
     cache_arg: str,
 ) -> list[AnswerScore] | None:
@@ -261,7 +265,7 @@ def score_answers(
     batch_size: int = 16,
     include_end_of_turn: bool = True,
     answer_prefix_ids: Sequence[int] = (),
-    details: bool = True,
+    details: bool | Sequence[bool] = True,
     share_prompts: bool = True,
     progress: bool = False,
     desc: str = "score",
@@ -280,8 +284,9 @@ def score_answers(
             and open-unlearning do (their labels end with the eos / end-of-turn token).
         answer_prefix_ids: ids placed at the start of the answer turn, before the answer text
             (e.g. a pre-filled token); they count as answer tokens and are scored too.
-        details: also return argmax ids and the vocabulary log-prob moments (costs a little
-            more compute, nothing more in the forward pass).
+        details: also return argmax ids and the vocabulary log-prob moments (nothing more in
+            the forward pass, but several passes over the vocabulary per answer token); one
+            flag for every pair, or one per pair.
         share_prompts: compute a prompt once for all its answers in a batch (see the module
             docstring); False runs every sequence whole. Same numbers up to float rounding.
         progress: show a progress bar.
@@ -311,6 +316,9 @@ def score_answers(
     for i, enc in enumerate(encs):
         if enc.answer_length == 0:
             raise ValueError(f"answer {i} ({answers[i]!r}) has no token to score")
+    wants = [details] * len(encs) if isinstance(details, bool) else [bool(d) for d in details]
+    if len(wants) != len(encs):
+        raise ValueError(f"{len(wants)} details flags for {len(encs)} answers")
     pad_id = _pad_id(tokenizer, fmt)
     args = _forward_args(model)
     groups: dict[tuple[int, ...], list[int]] = {}
@@ -338,12 +346,13 @@ def score_answers(
         batch = [encs[i] for i in chunk]
         scored = None
         if cache_arg is not None and len({_shared_prefix(e) for e in batch}) < len(batch):
-            scored = _score_batch_shared(model, batch, pad_id, details, args.keep_logits, cache_arg)
+            flags = [wants[i] for i in chunk]
+            scored = _score_batch_shared(model, batch, pad_id, flags, args.keep_logits, cache_arg)
             if scored is None:
                 log.warning("%s: the model returned no KV cache; prompts are not shared", desc)
                 cache_arg = None
         if scored is None:
-            scored = _score_batch(model, batch, pad_id, details, args.keep_logits)
+            scored = _score_batch(model, batch, pad_id, [wants[i] for i in chunk], args.keep_logits)
         for i, s in zip(chunk, scored, strict=True):
             results[i] = s
         bar.update(len(chunk))

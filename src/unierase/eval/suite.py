@@ -448,7 +448,7 @@ def evaluate_split(
         fmt=fmt,
         batch_size=config.batch_size,
         include_end_of_turn=config.include_end_of_turn,
-        details=details,
+        details=[details] * len(items) + [False] * len(extra_pairs),
         progress=config.progress,
         desc=f"{role}: score answers",
     )
