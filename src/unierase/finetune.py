@@ -1089,7 +1089,7 @@ def base_model_id(model: str | os.PathLike | nn.Module) -> str:
     Hashing reads the weights once per process (about 0.5 s for 540 MB). A hub id: the model is
     loaded and fingerprinted.
     """
-    from unierase.model import load, model_fingerprint, resolve
+    from unierase.model import SOURCE_FILE, load, model_fingerprint, resolve
 
     if isinstance(model, nn.Module):
         return model_fingerprint(model)
@@ -1099,7 +1099,7 @@ def base_model_id(model: str | os.PathLike | nn.Module) -> str:
         return model_fingerprint(loaded)
     h = hashlib.sha256()
     for path in sorted(source.iterdir()):
-        if not path.is_file() or path.name == META_FILE:
+        if not path.is_file() or path.name in (META_FILE, SOURCE_FILE):
             continue
         h.update(path.name.encode() + b"\0" + _content_digest(path).encode())
     return h.hexdigest()[:16]

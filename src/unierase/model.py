@@ -143,6 +143,11 @@ def _atomic_dir(final: Path):
     return _Ctx()
 
 
+# Where a converted checkpoint came from and how long the conversion took (not part of its
+# identity: two conversions of the same file differ only here).
+SOURCE_FILE = "unierase_source.json"
+
+
 @contextlib.contextmanager
 def _parse_gguf_once():
     """Within the block, one parse per GGUF file and one tensor-name map per architecture.
@@ -205,7 +210,7 @@ def convert_gguf(gguf_path: Path, out_dir: Path) -> Path:
     with _atomic_dir(out_dir) as tmp:
         clean.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
-        (tmp / "unierase_source.json").write_text(
+        (tmp / SOURCE_FILE).write_text(
             json.dumps({"gguf": name, "converted_in_s": round(time.perf_counter() - t0, 1)})
         )
     log.info("converted in %.1f s -> %s", time.perf_counter() - t0, out_dir)
