@@ -152,6 +152,15 @@ def test_registry_lists_every_method_with_its_defaults():
     assert get_method("RMU").config().retain_weight == 100.0
     cfg = get_method("GA").config()
     assert BaselineConfig.from_dict(cfg.to_dict()) == cfg
+    with_refusals = BaselineConfig(refusals=("I do not know.",), system_prompt="")
+    written = with_refusals.to_dict()
+    assert written["refusals"] == ["I do not know."] and list(written)[:3] == [
+        "epochs", "lr", "batch_size"
+    ]  # fmt: skip
+    assert BaselineConfig.from_dict(written) == with_refusals
+    assert with_refusals.prompt_format == P.PromptFormat(system_prompt="")
+    with pytest.raises(ValueError, match=r"unknown BaselineConfig fields: \['nope'\]"):
+        BaselineConfig.from_dict({"nope": 1})
     with pytest.raises(ValueError, match="lr"):
         BaselineConfig(lr=0)
 

@@ -6,6 +6,7 @@ import json
 
 import pytest
 
+from conftest import BENCH_EDIT, BENCH_STATS_TEXTS, bench_token_settings
 from unierase.bench import (
     RESULTS_FILE,
     TABLE_FILE,
@@ -17,35 +18,6 @@ from unierase.bench import (
     resolve_methods,
     run_bench,
 )
-
-STATS_TEXTS = [
-    "The author was born in 1970 and writes science fiction. She lives in London.",
-    "What is the capital of France? The capital of France is Paris.",
-] * 4
-
-
-def _token_settings():
-    from unierase.token import StageConfig
-
-    return {
-        "stages": (StageConfig("base", 2, 3e-2, ("chat",)),),
-        "breadth_templates": 2,
-        "max_breadth": 4,
-        "retain_questions": 2,
-        "retain_max_new_tokens": 4,
-        "check_items": 0,
-    }
-
-
-EDIT = {
-    "layers": (1, 2),
-    "lambda_": 0.01,
-    "v_lr": 0.5,
-    "v_steps": 10,
-    "context_prefixes": ("The",),
-    "prefix_tokens": 2,
-    "repair_rounds": 0,
-}
 
 
 def test_methods_resolve_case_insensitively_and_reject_unknown_ones():
@@ -93,9 +65,9 @@ def test_bench_end_to_end(base_dir, tmp_path):
         embedding_model="none",
         finetune_overrides={"epochs": 1, "lr": 1e-3},
         baseline_overrides={"epochs": 1, "lr": 1e-3},
-        token_overrides=_token_settings(),
-        edit_overrides=EDIT,
-        stats_texts=STATS_TEXTS,
+        token_overrides=bench_token_settings(),
+        edit_overrides=BENCH_EDIT,
+        stats_texts=BENCH_STATS_TEXTS,
         progress=False,
     )
     result = run_bench(settings, lines.append)
@@ -134,3 +106,11 @@ def test_cli_bench_rejects_an_unknown_method(tmp_path, capsys):
 
     assert main(["bench", "--methods", "nope", "--out", str(tmp_path)]) == 2
     assert "unknown baseline" in capsys.readouterr().out
+
+
+def test_cli_bench_rejects_a_learning_rate_that_is_not_positive(tmp_path, capsys):
+    from unierase.cli import main
+
+    with pytest.raises(SystemExit) as stop:
+        main(["bench", "--baseline-lr", "0", "--out", str(tmp_path)])
+    assert stop.value.code == 2 and "must be > 0" in capsys.readouterr().err

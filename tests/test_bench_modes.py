@@ -7,6 +7,7 @@ import json
 
 import pytest
 
+from conftest import BENCH_EDIT, BENCH_STATS_TEXTS, bench_token_settings
 from unierase.bench import RESULTS_FILE, TABLE_FILE, BenchSettings, run_bench
 from unierase.bench_modes import (
     HTML_FILE,
@@ -24,34 +25,6 @@ from unierase.bench_modes import (
     precise_item_metrics,
 )
 from unierase.data.schema import DataError, QAItem
-
-# Tiny settings, as in test_bench.py: a few seconds per UniErase run on a tiny model.
-STATS_TEXTS = [
-    "The author was born in 1970 and writes science fiction. She lives in London.",
-    "What is the capital of France? The capital of France is Paris.",
-] * 4
-EDIT = {
-    "layers": (1, 2),
-    "lambda_": 0.01,
-    "v_lr": 0.5,
-    "v_steps": 10,
-    "context_prefixes": ("The",),
-    "prefix_tokens": 2,
-    "repair_rounds": 0,
-}
-
-
-def _token_settings():
-    from unierase.token import StageConfig
-
-    return {
-        "stages": (StageConfig("base", 2, 3e-2, ("chat",)),),
-        "breadth_templates": 2,
-        "max_breadth": 4,
-        "retain_questions": 2,
-        "retain_max_new_tokens": 4,
-        "check_items": 0,
-    }
 
 
 def _pool(authors: str = "ABCDE", per_author: int = 3) -> list[QAItem]:
@@ -185,9 +158,9 @@ def _settings(base_dir, out, **kw) -> BenchSettings:
         embedding_model="none",
         finetune_overrides={"epochs": 1, "lr": 1e-3},
         baseline_overrides={"epochs": 1, "lr": 1e-3},
-        token_overrides=_token_settings(),
-        edit_overrides=EDIT,
-        stats_texts=STATS_TEXTS,
+        token_overrides=bench_token_settings(),
+        edit_overrides=BENCH_EDIT,
+        stats_texts=BENCH_STATS_TEXTS,
         progress=False,
         **kw,
     )

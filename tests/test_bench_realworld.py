@@ -218,7 +218,7 @@ def test_too_few_known_questions_is_a_clear_error(tmp_path, monkeypatch):
 
 def test_bench_realworld_end_to_end(base_dir, tmp_path, monkeypatch, fake_base_answers):
     import unierase.finetune
-    from test_bench import EDIT, STATS_TEXTS, _token_settings
+    from conftest import BENCH_EDIT, BENCH_STATS_TEXTS, bench_token_settings
 
     def no_finetune(*args, **kwargs):
         raise AssertionError("realworld must not fine-tune")
@@ -240,9 +240,9 @@ def test_bench_realworld_end_to_end(base_dir, tmp_path, monkeypatch, fake_base_a
         probe_max_new_tokens=2,
         embedding_model="none",
         baseline_overrides={"epochs": 1, "lr": 1e-3},
-        token_overrides=_token_settings(),
-        edit_overrides=EDIT,
-        stats_texts=STATS_TEXTS,
+        token_overrides=bench_token_settings(),
+        edit_overrides=BENCH_EDIT,
+        stats_texts=BENCH_STATS_TEXTS,
         progress=False,
     )
     run_bench(settings, lines.append)

@@ -297,6 +297,29 @@ def test_config_rejects_nonsense():
     assert FinetuneConfig.from_dict(FinetuneConfig(lora_targets=("q",)).to_dict()) == (
         FinetuneConfig(lora_targets=("q",))
     )
+    with pytest.raises(ValueError, match=r"unknown FinetuneConfig fields: \['nope'\]"):
+        FinetuneConfig.from_dict({"nope": 1})
+
+
+def test_config_dict_and_cache_key_are_stable():
+    # The cache key hashes to_dict(): a change here orphans every cached fine-tune.
+    config = FinetuneConfig(
+        lora_rank=8, lora_targets=("q_proj", "v_proj"), system_prompt="", train_fraction=0.5
+    )
+    written = {
+        "epochs": 3, "lr": 1e-4, "batch_size": 8, "grad_accum": 1, "warmup_ratio": 0.1,
+        "weight_decay": 0.01, "max_grad_norm": 1.0, "max_length": 256, "on_too_long": "truncate",
+        "lora_rank": 8, "lora_alpha": 16.0, "lora_dropout": 0.0,
+        "lora_targets": ["q_proj", "v_proj"], "train_fraction": 0.5, "train_embeddings": False,
+        "replay_questions": 0, "replay_max_tokens": 48, "share_prefix": True,
+        "system_prompt": "", "seed": 0,
+    }  # fmt: skip
+    assert list(config.to_dict().items()) == list(written.items())
+    assert FinetuneConfig.from_dict(written) == config
+    assert finetune_key("base-model", "items-hash", "full", config) == "full-f904ae029f84d13f"
+    assert finetune_key("base-model", "items-hash", "full", FinetuneConfig()) == (
+        "full-ed6010bbfd37592a"
+    )
 
 
 # ----------------------------------------------------------------------------- presets

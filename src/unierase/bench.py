@@ -33,7 +33,7 @@ import os
 import resource
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -52,6 +52,7 @@ RESULTS_FILE = "results.json"
 TABLE_FILE = "table.md"
 FILTER_DIR = "filter"  # realworld: the base model's answers and which questions it knows
 FILTER_FILE = "filter.jsonl"
+PROBE_ROLES = ("general", "real_authors", "world_facts")  # the general-knowledge evaluation splits
 NO_RETAIN_MODEL = (
     "not defined in the real-world setting: the base model learned these people in "
     "pre-training, so there is no retain model that never saw them"
@@ -232,6 +233,61 @@ def _status(stage: str, text: str, seconds: float | None = None) -> str:
     return f"{f'[{stage}]':<11} {text}{tail}"
 
 
+def _finetune(training: Any, settings: BenchSettings, role: str, out: Callable[[str], None]) -> Any:
+    """Fine-tune (or take from the cache) the ``role`` model ("target", "retain") on ``training``.
+
+    Writes its ``[finetune]`` status line; returns ``finetune_cached``'s checkpoint.
+    """
+    from unierase.finetune import finetune_cached
+
+    t = time.perf_counter()
+    overrides = {"seed": settings.seed, **settings.finetune_overrides}
+    checkpoint = finetune_cached(
+        training, settings.model, overrides=overrides, progress=settings.progress
+    )
+    state = "cached" if checkpoint.cached else "trained"
+    out(_status("finetune", f"{role} model ({state}): {checkpoint.path}", time.perf_counter() - t))
+    return checkpoint
+
+
+def _capped_splits(
+    sources: Mapping[str, Any], settings: BenchSettings, roles: Collection[str] | None = None
+) -> dict[str, Any]:
+    """Seeded samples of the evaluation splits, capped by ``settings``' ``*_items``.
+
+    Keeps the roles in ``roles`` (None: every capped role: forget, retain and the probes).
+    """
+    from unierase.demo import _sample
+    from unierase.eval import suite
+
+    caps = {
+        "forget": settings.forget_items,
+        "retain": settings.retain_items,
+        **dict.fromkeys(PROBE_ROLES, settings.probe_items),
+    }
+    keep = caps.keys() if roles is None else roles
+    return {
+        role: suite.EvalSplit(role, _sample(sp.items, caps[role], settings.seed), sp.source)
+        for role, sp in sources.items()
+        if role in keep
+    }
+
+
+def _eval_config(settings: BenchSettings) -> Any:
+    """The evaluation settings every model of a bench run is scored with."""
+    from unierase import prompting as P
+    from unierase.demo import EVAL_BATCH_SIZE
+    from unierase.eval import suite
+
+    return suite.EvalConfig(
+        max_new_tokens=settings.max_new_tokens,
+        probe_max_new_tokens=settings.probe_max_new_tokens,
+        batch_size=EVAL_BATCH_SIZE,
+        fmt=P.PromptFormat(),  # the format the fine-tunes, the baselines and api.unlearn use
+        progress=settings.progress,
+    )
+
+
 def _training_data(settings: BenchSettings, data_dir: Path) -> tuple[Any, Path, str]:
     """(TrainingData of the full set, the TOFU-layout directory, the forget split name)."""
     from unierase.data.schema import DataError
@@ -403,11 +459,10 @@ def run_bench(
 
     import unierase
     from unierase import api
-    from unierase import prompting as P
-    from unierase.demo import EVAL_BATCH_SIZE, _sample, _write_run
+    from unierase.demo import _write_run
     from unierase.eval import suite
     from unierase.eval.generate import model_device
-    from unierase.finetune import TrainingData, finetune_cached
+    from unierase.finetune import TrainingData
 
     if settings.threads is not None:
         torch.set_num_threads(settings.threads)
@@ -430,42 +485,23 @@ def run_bench(
         )
     )
 
-    overrides = {"seed": settings.seed, **settings.finetune_overrides}
-    t = time.perf_counter()
     if realworld:
         # The paper's real-world setting: forget what the original model already knows.
         target_path: str | Path = settings.model
         out(_status("finetune", f"none: realworld unlearns the base model itself ({target_path});"
                     " no retain model (forget quality is not defined)"))  # fmt: skip
     else:
-        target = finetune_cached(
-            training, settings.model, overrides=overrides, progress=settings.progress
-        )
-        target_path = target.path
-        out(_status("finetune", f"target model ({'cached' if target.cached else 'trained'}): "
-                    f"{target.path}", time.perf_counter() - t))  # fmt: skip
+        target_path = _finetune(training, settings, "target", out).path
     retain_ckpt = None
     if settings.retain_model and not realworld:
-        t = time.perf_counter()
         retain_data = TrainingData(
             list(training.retain),
             training.forget,
             training.retain,
             {**training.description, "split": "retain", "n_items": len(training.retain)},
         )
-        retain_ckpt = finetune_cached(
-            retain_data, settings.model, overrides=overrides, progress=settings.progress
-        )
-        out(_status("finetune", f"retain model ({'cached' if retain_ckpt.cached else 'trained'}):"
-                    f" {retain_ckpt.path}", time.perf_counter() - t))  # fmt: skip
+        retain_ckpt = _finetune(retain_data, settings, "retain", out)
 
-    caps = {
-        "forget": settings.forget_items,
-        "retain": settings.retain_items,
-        "general": settings.probe_items,
-        "real_authors": settings.probe_items,
-        "world_facts": settings.probe_items,
-    }
     if realworld:
         from unierase.data.probes import load_general_probe
 
@@ -476,18 +512,8 @@ def run_bench(
         }
     else:
         sources = suite.load_eval_splits(data_dir, forget_split=forget_split)
-    splits = {
-        role: suite.EvalSplit(role, _sample(sp.items, caps[role], settings.seed), sp.source)
-        for role, sp in sources.items()
-        if role in caps
-    }
-    eval_config = suite.EvalConfig(
-        max_new_tokens=settings.max_new_tokens,
-        probe_max_new_tokens=settings.probe_max_new_tokens,
-        batch_size=EVAL_BATCH_SIZE,
-        fmt=P.PromptFormat(),  # the format the fine-tunes, the baselines and api.unlearn use
-        progress=settings.progress,
-    )
+    splits = _capped_splits(sources, settings)
+    eval_config = _eval_config(settings)
     embedding = None if settings.embedding_model == "none" else settings.embedding_model
     aux_cache: dict[str, Any] = {}
 

@@ -40,12 +40,16 @@ from pathlib import Path
 from typing import Any
 
 from unierase.bench import (
+    PROBE_ROLES,
     RESULTS_FILE,
     TABLE_FILE,
     UNIERASE,
     BenchResult,
     BenchSettings,
     PeakMemory,
+    _capped_splits,
+    _eval_config,
+    _finetune,
     _fmt,
     _status,
     _training_data,
@@ -311,10 +315,7 @@ def _enrich(pool: Sequence[QAItem], richer: Sequence[QAItem]) -> list[QAItem]:
 
 
 def _setup(settings: BenchSettings, out: Callable[[str], None]) -> _Setup:
-    from unierase import prompting as P
-    from unierase.demo import EVAL_BATCH_SIZE, _sample
     from unierase.eval import suite
-    from unierase.finetune import finetune_cached
 
     out_dir = Path(settings.out)
     t = time.perf_counter()
@@ -324,32 +325,13 @@ def _setup(settings: BenchSettings, out: Callable[[str], None]) -> _Setup:
     pool = _enrich(training.items, richer)
     out(_status("data", f"{settings.preset}: {len(pool)} QA of {len(by_group(pool))} authors "
                 f"({data_dir})", time.perf_counter() - t))  # fmt: skip
-    t = time.perf_counter()
-    overrides = {"seed": settings.seed, **settings.finetune_overrides}
-    target = finetune_cached(
-        training, settings.model, overrides=overrides, progress=settings.progress
-    )
-    out(_status("finetune", f"target model ({'cached' if target.cached else 'trained'}): "
-                f"{target.path}", time.perf_counter() - t))  # fmt: skip
-    caps = {
-        "general": settings.probe_items,
-        "real_authors": settings.probe_items,
-        "world_facts": settings.probe_items,
-    }
-    fixed = {
-        role: suite.EvalSplit(role, _sample(sp.items, caps[role], settings.seed), sp.source)
-        for role, sp in splits.items()
-        if role in caps
-    }
-    eval_config = suite.EvalConfig(
-        max_new_tokens=settings.max_new_tokens,
-        probe_max_new_tokens=settings.probe_max_new_tokens,
-        batch_size=EVAL_BATCH_SIZE,
-        fmt=P.PromptFormat(),
-        progress=settings.progress,
-    )
+    target = _finetune(training, settings, "target", out)
+    # The forget and retain items change per round or item; the probes are fixed for the run.
+    fixed = _capped_splits(splits, settings, PROBE_ROLES)
     embedding = None if settings.embedding_model == "none" else settings.embedding_model
-    return _Setup(training, data_dir, Path(target.path), pool, fixed, eval_config, embedding, {})
+    return _Setup(
+        training, data_dir, Path(target.path), pool, fixed, _eval_config(settings), embedding, {}
+    )
 
 
 def _aux(setup: _Setup, model: Any) -> Any:

@@ -10,8 +10,9 @@ import json
 import logging
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
+from typing import Any
 
 log = logging.getLogger("unierase")
 
@@ -27,6 +28,16 @@ def _setup_logging(verbose: int) -> None:
 
 def _out(text: str = "") -> None:
     print(text, flush=True)
+
+
+def _given(args: argparse.Namespace, options: Mapping[str, str] | Iterable[str]) -> dict[str, Any]:
+    """The options the user gave (not None), keyed by the config field each one sets.
+
+    ``options`` maps argparse destinations to field names, or lists destinations that are named
+    like their fields.
+    """
+    pairs = options.items() if isinstance(options, Mapping) else ((o, o) for o in options)
+    return {field: getattr(args, dest) for dest, field in pairs if getattr(args, dest) is not None}
 
 
 # ----------------------------------------------------------------------------- data
@@ -111,7 +122,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         max_new_tokens=args.max_new_tokens,
         probe_max_new_tokens=args.probe_max_new_tokens,
         embedding_model=args.embedding_model,
-        finetune_overrides={"epochs": args.finetune_epochs} if args.finetune_epochs else {},
+        finetune_overrides=_given(args, {"finetune_epochs": "epochs"}),
         progress=not args.no_progress,
     )
     return run_demo(settings, _out)
@@ -135,9 +146,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if args.preset == "realworld" and args.mode != "batch":
         _out(f"error: --preset realworld runs in batch mode only, not --mode {args.mode}")
         return 2
-    baseline = {"epochs": args.baseline_epochs} if args.baseline_epochs else {}
-    if args.baseline_lr:
-        baseline["lr"] = args.baseline_lr
+    baseline = _given(args, {"baseline_epochs": "epochs", "baseline_lr": "lr"})
     settings = BenchSettings(
         model=args.model,
         out=args.out,
@@ -239,7 +248,9 @@ def _add_bench_parser(add: Callable) -> None:
         "--baseline-epochs", type=_positive_int, help="epochs of every baseline (default: 5)"
     )
     p.add_argument(
-        "--baseline-lr", type=float, help="learning rate of every baseline (default: each one's)"
+        "--baseline-lr",
+        type=_positive_float,
+        help="learning rate of every baseline (default: each one's)",
     )
     p.add_argument(
         "--forget-items", type=_positive_int, default=40, help="forget questions evaluated (40)"
@@ -312,6 +323,16 @@ def _positive_int(text: str) -> int:
         raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {value}")
     return value
 
 
@@ -511,18 +532,11 @@ def cmd_unlearn(args: argparse.Namespace) -> int:
         from unierase.data.loaders import check_disjoint
 
         check_disjoint(forget, retain)
-    overrides = {}
+    overrides = _given(
+        args, ("lambda_", "chunk_size", "granularity", "null_threshold", "repair_rounds")
+    )
     if args.layers:
         overrides["layers"] = tuple(int(x) for x in args.layers.split(","))
-    for arg, key in [
-        ("lambda_", "lambda_"),
-        ("chunk_size", "chunk_size"),
-        ("granularity", "granularity"),
-        ("null_threshold", "null_threshold"),
-        ("repair_rounds", "repair_rounds"),
-    ]:
-        if getattr(args, arg) is not None:
-            overrides[key] = getattr(args, arg)
     texts = None
     if args.stats_file:
         from unierase.data.corpus import text_file_corpus
@@ -574,6 +588,14 @@ def _read_questions(path: Path) -> list:
     return read_qa_file(path)
 
 
+# Options of ``unierase token`` that set the TokenConfig field of their name.
+_TOKEN_OPTIONS = (
+    "text", "init", "refusal_mode", "refusal", "batch_size", "breadth_templates", "max_breadth",
+    "retain_weight", "retain_margin", "retain_questions", "noise_scale", "noise_mode",
+    "system_prompt",
+)  # fmt: skip
+
+
 def cmd_token(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
@@ -593,14 +615,11 @@ def cmd_token(args: argparse.Namespace) -> int:
         )
     breadth = [q for path in args.breadth for q in _read_questions(path)]
     model, tokenizer = unierase.load(args.model)
-    overrides: dict = {"seed": args.seed}
-    for key in ("text", "init", "refusal_mode", "refusal", "batch_size", "breadth_templates",
-                "max_breadth", "retain_weight", "retain_margin", "retain_questions",
-                "noise_scale", "noise_mode", "system_prompt"):  # fmt: skip
-        if getattr(args, key) is not None:
-            overrides[key] = getattr(args, key)
-    if args.retain_tokens is not None:
-        overrides["retain_max_new_tokens"] = args.retain_tokens
+    overrides: dict = {
+        "seed": args.seed,
+        **_given(args, _TOKEN_OPTIONS),
+        **_given(args, {"retain_tokens": "retain_max_new_tokens"}),
+    }
     if args.refusals is not None:
         overrides["refusals"] = tuple(load_refusals(args.refusals))
     if args.noise_layers:
@@ -652,20 +671,11 @@ def cmd_token(args: argparse.Namespace) -> int:
 # ----------------------------------------------------------------------------- finetune, cache
 
 
-_FINETUNE_FIELDS = {
-    "epochs": "epochs",
-    "lr": "lr",
-    "batch_size": "batch_size",
-    "grad_accum": "grad_accum",
-    "warmup_ratio": "warmup_ratio",
-    "max_length": "max_length",
-    "on_too_long": "on_too_long",
-    "lora_rank": "lora_rank",
-    "lora_alpha": "lora_alpha",
-    "train_fraction": "train_fraction",
-    "system_prompt": "system_prompt",
-    "seed": "seed",
-}
+# Options of ``unierase finetune`` that set the FinetuneConfig field of their name.
+_FINETUNE_OPTIONS = (
+    "epochs", "lr", "batch_size", "grad_accum", "warmup_ratio", "max_length", "on_too_long",
+    "lora_rank", "lora_alpha", "train_fraction", "system_prompt", "seed",
+)  # fmt: skip
 
 
 def _bytes(n: int) -> str:
@@ -689,11 +699,7 @@ def cmd_finetune(args: argparse.Namespace) -> int:
         retain_split=args.retain_split,
         task=args.task,
     )
-    overrides = {
-        field: getattr(args, attr)
-        for attr, field in _FINETUNE_FIELDS.items()
-        if getattr(args, attr) is not None
-    }
+    overrides = _given(args, _FINETUNE_OPTIONS)
     if args.full:
         overrides["lora_rank"] = 0
     try:

@@ -40,6 +40,7 @@ from tqdm.auto import tqdm
 
 from unierase import prompting as P
 from unierase.data.schema import DataError, QAItem
+from unierase.train_config import TrainConfigMixin
 
 log = logging.getLogger(__name__)
 
@@ -123,7 +124,7 @@ REPLAY_QUESTIONS: tuple[str, ...] = (
 
 
 @dataclass(frozen=True)
-class FinetuneConfig:
+class FinetuneConfig(TrainConfigMixin):
     """Hyper-parameters of a supervised fine-tune (every field is part of the cache key).
 
     Attributes:
@@ -200,29 +201,6 @@ class FinetuneConfig:
         for ok, message in checks:
             if not ok:
                 raise ValueError(f"FinetuneConfig: {message}")
-
-    @property
-    def prompt_format(self) -> P.PromptFormat:
-        """The prompt format used for training (evaluation must use the same one)."""
-        return P.PromptFormat(system_prompt=self.system_prompt)
-
-    def to_dict(self) -> dict[str, Any]:
-        """Plain JSON-able fields."""
-        d = dataclasses.asdict(self)
-        d["lora_targets"] = list(self.lora_targets)
-        return d
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> FinetuneConfig:
-        """Inverse of ``to_dict`` (unknown keys raise ``ValueError``)."""
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(d) - names
-        if unknown:
-            raise ValueError(f"unknown FinetuneConfig fields: {sorted(unknown)}")
-        d = dict(d)
-        if "lora_targets" in d:
-            d["lora_targets"] = tuple(d["lora_targets"])
-        return cls(**d)
 
 
 @dataclass(frozen=True)

@@ -8,15 +8,13 @@ come last.
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
-from typing import Any
 
-from unierase import prompting as P
+from unierase.train_config import TrainConfigMixin
 
 
 @dataclass(frozen=True)
-class BaselineConfig:
+class BaselineConfig(TrainConfigMixin):
     """Settings of one baseline run.
 
     Training (shared by every method):
@@ -90,23 +88,3 @@ class BaselineConfig:
                 raise ValueError(f"BaselineConfig: {message}")
         if not isinstance(self.refusals, tuple):
             object.__setattr__(self, "refusals", tuple(self.refusals))
-
-    @property
-    def prompt_format(self) -> P.PromptFormat:
-        """The prompt format used for training (evaluation must use the same one)."""
-        return P.PromptFormat(system_prompt=self.system_prompt)
-
-    def to_dict(self) -> dict[str, Any]:
-        """Plain JSON-able fields."""
-        d = dataclasses.asdict(self)
-        d["refusals"] = list(self.refusals)
-        return d
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> BaselineConfig:
-        """Inverse of ``to_dict`` (unknown keys raise ``ValueError``)."""
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(d) - names
-        if unknown:
-            raise ValueError(f"unknown BaselineConfig fields: {sorted(unknown)}")
-        return cls(**{**d, "refusals": tuple(d.get("refusals", ()))})
