@@ -32,22 +32,30 @@ def load_general_probe(path: str | Path | None = None) -> list[QAItem]:
     Raises:
         DataError: a bad row (naming file, line and field).
     """
-    if path is None:
-        with resources.as_file(
-            resources.files("unierase.data").joinpath("resources", GENERAL_PROBE_FILE)
-        ) as resource:
-            records = read_jsonl_records(resource)
-        source = GENERAL_PROBE_FILE
-    else:
-        records = read_jsonl_records(path)
-        source = Path(path).name
+    records, source = resource_records(GENERAL_PROBE_FILE, path)
     items = []
     for line, record in records:
-        aliases = record.get("aliases", [])
-        if not isinstance(aliases, list) or not all(isinstance(a, str) and a for a in aliases):
-            raise DataError(f"{source}:{line}: field 'aliases' must be a list of strings")
+        check_aliases(record, f"{source}:{line}")
         items.append(item_from_record(record, source, line))
     return items
+
+
+def resource_records(
+    name: str, path: str | Path | None = None
+) -> tuple[list[tuple[int, dict]], str]:
+    """(numbered JSONL records, source label) of the package resource ``name``, or of the
+    user's file ``path`` in its place."""
+    if path is not None:
+        return read_jsonl_records(path), Path(path).name
+    with resources.as_file(resources.files("unierase.data").joinpath("resources", name)) as res:
+        return read_jsonl_records(res), name
+
+
+def check_aliases(record: dict, where: str) -> None:
+    """DataError unless the record's optional ``aliases`` is a list of non-empty strings."""
+    aliases = record.get("aliases", [])
+    if not isinstance(aliases, list) or not all(isinstance(a, str) and a for a in aliases):
+        raise DataError(f"{where}: field 'aliases' must be a list of non-empty strings")
 
 
 def _normalise(text: str) -> str:

@@ -19,12 +19,11 @@ import dataclasses
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from unierase.data.loaders import item_from_record, read_jsonl_records
-from unierase.data.probes import probe_is_correct
+from unierase.data.loaders import item_from_record
+from unierase.data.probes import check_aliases, probe_is_correct, resource_records
 from unierase.data.schema import DataError, QAItem
 
 REALWORLD_FILE = "realworld_people.jsonl"
@@ -41,21 +40,11 @@ def load_realworld(path: str | Path | None = None) -> list[QAItem]:
     Raises:
         DataError: a bad row (naming file, line and field), or a row with no person.
     """
-    if path is None:
-        with resources.as_file(
-            resources.files("unierase.data").joinpath("resources", REALWORLD_FILE)
-        ) as resource:
-            records = read_jsonl_records(resource)
-        source = REALWORLD_FILE
-    else:
-        records = read_jsonl_records(path)
-        source = Path(path).name
+    records, source = resource_records(REALWORLD_FILE, path)
     items = []
     for line, record in records:
         where = f"{source}:{line}"
-        aliases = record.get("aliases", [])
-        if not isinstance(aliases, list) or not all(isinstance(a, str) and a for a in aliases):
-            raise DataError(f"{where}: field 'aliases' must be a list of non-empty strings")
+        check_aliases(record, where)
         if record.get("group") is None and record.get("subject") is None:
             raise DataError(f"{where}: field 'group' (the person) is missing (and no 'subject')")
         item = item_from_record(record, source, line)
