@@ -122,17 +122,23 @@ def train_token(model_name: str, forget: list, retain: list, layers: tuple[int, 
     return model, tok, report.token_id, time.perf_counter() - t, mem
 
 
-def measure_phase1(args, sizes, workdir, layers) -> list[dict[str, Any]]:
+def measure_phase1(args, sizes, workdir, layers, keep: int | None = None):
+    """Phase I rows per size, and the trained (model, tokenizer, token id, seconds) of size
+    ``keep`` (Phase II then edits that model instead of training the same token again)."""
     rows = []
-    for n in sizes:
+    kept = None
+    # The kept model stays in memory: train it last, so it does not add to the others' peaks.
+    for n in sorted(sizes, key=lambda n: (n == keep, n)):
         forget, retain = forget_pool(n, workdir)
-        model, _tok, _id, seconds, mem = train_token(args.model, forget[:n], retain, layers)
+        model, tok, token_id, seconds, mem = train_token(args.model, forget[:n], retain, layers)
+        if n == keep:
+            kept = (model, tok, token_id, seconds)
         del model
         rows.append({"questions": n, "seconds": round(seconds, 2),
                      "seconds_per_question": round(seconds / n, 3),
                      "peak_memory_mib": _mib(mem.peak_bytes), "memory_kind": mem.kind})  # fmt: skip
         log.info("phase1: %d questions in %.1f s", n, seconds)
-    return rows
+    return sorted(rows, key=lambda r: r["questions"]), kept
 
 
 # ----------------------------------------------------------------------------- statistics
@@ -206,11 +212,16 @@ def measure_stats(args, n_texts: int, layers) -> dict[str, Any]:
 # ----------------------------------------------------------------------------- phase II
 
 
-def measure_phase2(args, sizes, workdir, layers) -> dict[str, Any]:
+def measure_phase2(args, sizes, workdir, layers, trained=None) -> dict[str, Any]:
     """Phase II vs number of requests (one question each), batch and sequential, from the same
-    token-trained model; the down-projections are restored before every run."""
+    token-trained model (``trained``: Phase I's model for ``max(sizes)`` questions, else trained
+    here); the down-projections are restored before every run."""
     forget, retain = forget_pool(max(sizes), workdir)
-    model, tok, token_id, t_token, _mem = train_token(args.model, forget, retain, layers)
+    forget = forget[: max(sizes)]
+    if trained is None:
+        model, tok, token_id, t_token, _mem = train_token(args.model, forget, retain, layers)
+    else:
+        model, tok, token_id, t_token = trained
     layout = unierase.find_layout(model)
     base = replace(preset_for(layout.hidden_size), layers=layers, granularity="question",
                    repair_rounds=args.repair_rounds, stats_texts=args.stats_texts)  # fmt: skip
@@ -492,12 +503,15 @@ def main(argv: list[str] | None = None) -> None:
     t0 = time.perf_counter()
     if profiler:
         profiler.enable()
+    trained = None
     if "phase1" in sections:
-        result["phase1"] = measure_phase1(args, phase1_sizes, workdir, layers)
+        keep = max(phase2_sizes) if "phase2" in sections else None
+        result["phase1"], trained = measure_phase1(args, phase1_sizes, workdir, layers, keep)
     if "stats" in sections:
         result["stats"] = measure_stats(args, args.stats_texts, layers)
     if "phase2" in sections:
-        result["phase2"] = measure_phase2(args, phase2_sizes, workdir, layers)
+        result["phase2"] = measure_phase2(args, phase2_sizes, workdir, layers, trained)
+        trained = None
     if profiler:
         profiler.disable()
     if "estimate" in sections:
