@@ -274,3 +274,55 @@ def test_layer_band_and_presets():
     with pytest.raises(ValueError, match="out of range"):
         EditConfig(layers=(9,)).resolved_layers(4)
     assert preset_for(576).v_lr == 0.5 and preset_for(4096).v_lr == 0.1
+
+
+@pytest.mark.parametrize("family", ["llama", "gpt2", "gemma3"])
+def test_value_optimisation_replays_the_lower_blocks_with_the_full_pass_result(
+    family, monkeypatch
+):
+    from unierase.edit import values
+
+    tok, model, unl, layout, config = _setup(family, v_steps=6, v_loss_stop=0.0)
+    requests = build_requests(tok, FORGET, granularity="entity")
+    blocks = model.get_submodule(layout.layers_name)
+    calls = []
+    handle = blocks[0].register_forward_hook(lambda *_: calls.append(1))
+
+    def run():
+        calls.clear()
+        return values.optimise_values(model, layout, requests, unl, 1, config, progress=False)
+
+    try:
+        replayed = run()
+        replayed_calls = len(calls)
+        monkeypatch.setattr(values, "_replay_matches", lambda *a, **k: False)
+        full = run()
+        full_calls = len(calls)
+    finally:
+        handle.remove()
+    # Block 0 runs for the recording and the check only, not at each of the 6 steps.
+    assert int(replayed.steps.max()) == 6
+    assert replayed_calls < full_calls
+    assert replayed_calls <= 4
+    assert all(isinstance(b, torch.nn.Module) and type(b).__name__ != "_Replayed" for b in blocks)
+    torch.testing.assert_close(replayed.hidden, full.hidden)
+    torch.testing.assert_close(replayed.delta, full.delta, atol=1e-4, rtol=1e-3)
+    torch.testing.assert_close(replayed.nll, full.nll, atol=1e-4, rtol=1e-3)
+
+
+def test_value_optimisation_falls_back_to_full_passes_when_the_replay_differs(caplog):
+    from unierase.edit import values
+
+    tok, model, unl, layout, config = _setup("llama", v_steps=3, v_loss_stop=0.0)
+    requests = build_requests(tok, FORGET[:1], granularity="question")
+    blocks = model.get_submodule(layout.layers_name)
+    nll_rows = [r for req in requests for r in req.prompts]
+    states = values.block_outputs(model, f"{layout.layers_name}.1", nll_rows, 0)
+    owner = torch.zeros(len(nll_rows), dtype=torch.long)
+    zero = torch.zeros(1, layout.hidden_size)
+    args = (model, f"{layout.layers_name}.1", blocks, 1, nll_rows, owner)
+    assert values._replay_matches(*args, states, zero, 0)
+    wrong = [h + 1.0 for h in states]
+    with caplog.at_level("WARNING"):
+        assert not values._replay_matches(*args, wrong, zero, 0)
+    assert "running full passes instead" in caplog.text

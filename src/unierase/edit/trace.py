@@ -116,3 +116,35 @@ def forward_until(model: nn.Module, name: str, **inputs: Any) -> Any:
         return None
     finally:
         handle.remove()
+
+
+class _Replayed(nn.Module):
+    """Stands in for a decoder block: returns ``out`` when given, else its input unchanged."""
+
+    def __init__(self, out: torch.Tensor | None) -> None:
+        super().__init__()
+        self.out = out
+
+    def forward(self, hidden_states: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+        return hidden_states if self.out is None else self.out
+
+
+@contextmanager
+def replay_blocks(layers: nn.ModuleList, last: int, states: torch.Tensor):
+    """Inside the ``with`` block, forward passes skip decoder blocks ``0..last`` of ``layers``.
+
+    Block ``last`` returns ``states`` (batch x seq x hidden: what it output for the same inputs
+    before, recorded once) and the blocks before it pass their input through. The model still
+    computes the embeddings, attention masks and position embeddings itself, so the blocks after
+    ``last`` see exactly what a full pass gives them. For loops that re-run the same rows through
+    an unchanged lower network (the value optimisation). Hooks registered inside the block on
+    ``layers[last]`` attach to the stand-in and see ``states`` as its output.
+    """
+    originals = [layers[i] for i in range(last + 1)]
+    try:
+        for i in range(last + 1):
+            layers[i] = _Replayed(states if i == last else None)
+        yield
+    finally:
+        for i, block in enumerate(originals):
+            layers[i] = block

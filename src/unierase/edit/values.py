@@ -5,6 +5,11 @@ last token of each of its prompts and optimised so that the next token after the
 target (the unlearning token), with a KL term that keeps the subject's own next-token
 distribution and a norm penalty; after every step ||delta|| is clamped to ``clamp * ||h||``.
 All requests are optimised together, each with its own delta; finished ones drop out.
+
+The blocks up to the value layer do not change while the shifts are optimised, so their output
+for every row is computed once and replayed at each step (:func:`trace.replay_blocks`): a step
+runs only the blocks above the value layer. The replay is checked against a full pass before
+the first step and turned off (with a warning) if the two differ.
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Sequence
+from contextlib import ExitStack
 from dataclasses import dataclass
 
 import torch
@@ -20,10 +26,14 @@ from tqdm.auto import tqdm
 
 from unierase.edit.config import EditConfig
 from unierase.edit.requests import EditRequest, Row, left_pad
-from unierase.edit.trace import patch_output
+from unierase.edit.trace import Trace, forward_until, patch_output, replay_blocks
 from unierase.model import ModelLayout
 
 log = logging.getLogger(__name__)
+
+# Largest difference in log-probability between the replayed and the full pass that still
+# counts as float rounding (they differ only in the padding's order of summation).
+REPLAY_TOLERANCE = 1e-3
 
 
 @dataclass
@@ -50,6 +60,34 @@ class TargetValues:
         return self.hidden + self.delta
 
 
+@dataclass
+class _Replay:
+    """The blocks ``0..layer`` of ``blocks`` and their recorded output for each row (unpadded)."""
+
+    blocks: torch.nn.ModuleList
+    layer: int
+    states: list[torch.Tensor]
+
+
+@torch.no_grad()
+def block_outputs(
+    model: torch.nn.Module, block_name: str, rows: Sequence[Row], pad_id: int, batch_size: int = 32
+) -> list[torch.Tensor]:
+    """Per row, the output of block ``block_name`` over the row's own tokens (seq x hidden)."""
+    device = model.get_input_embeddings().weight.device
+    out: list[torch.Tensor] = []
+    for start in range(0, len(rows), batch_size):
+        chunk = rows[start : start + batch_size]
+        ids, mask, position_ids, _ = left_pad(chunk, pad_id, device)
+        with Trace(model, [block_name], outputs=True) as tr:
+            forward_until(model, block_name, input_ids=ids, attention_mask=mask,
+                          position_ids=position_ids, use_cache=False)  # fmt: skip
+        h = tr.outputs[block_name]
+        for i, r in enumerate(chunk):
+            out.append(h[i, h.shape[1] - len(r.ids) :].clone())
+    return out
+
+
 def _forward_with_shift(
     model: torch.nn.Module,
     block_name: str,
@@ -57,8 +95,13 @@ def _forward_with_shift(
     owner: torch.Tensor,
     delta: torch.Tensor,
     pad_id: int,
+    replay: _Replay | None = None,
 ) -> torch.Tensor:
-    """Last-token log-probabilities (n_rows, vocab) with delta[owner[i]] added at rows[i].pos."""
+    """Last-token log-probabilities (n_rows, vocab) with delta[owner[i]] added at rows[i].pos.
+
+    With ``replay`` (its ``states`` aligned with ``rows``), the blocks up to the shifted one are
+    not run: their recorded output is used instead.
+    """
     device = model.get_input_embeddings().weight.device
     ids, mask, position_ids, pos = left_pad(rows, pad_id, device)
     arange = torch.arange(len(rows), device=device)
@@ -68,7 +111,13 @@ def _forward_with_shift(
         add = add.index_put((arange, pos), delta[owner.to(device)].to(h.dtype))
         return h + add
 
-    with patch_output(model, block_name, shift):
+    with ExitStack() as stack:
+        if replay is not None:
+            states = replay.states[0].new_zeros(len(rows), ids.shape[1], replay.states[0].shape[-1])
+            for i, h in enumerate(replay.states):
+                states[i, states.shape[1] - h.shape[0] :] = h
+            stack.enter_context(replay_blocks(replay.blocks, replay.layer, states))
+        stack.enter_context(patch_output(model, block_name, shift))
         out = model(
             input_ids=ids,
             attention_mask=mask,
@@ -77,6 +126,31 @@ def _forward_with_shift(
             logits_to_keep=1,
         )
     return F.log_softmax(out.logits[:, -1].float(), dim=-1)
+
+
+@torch.no_grad()
+def _replay_matches(
+    model: torch.nn.Module,
+    block: str,
+    blocks: torch.nn.ModuleList,
+    layer: int,
+    rows: list[Row],
+    owner: torch.Tensor,
+    states: list[torch.Tensor],
+    zero: torch.Tensor,
+    pad_id: int,
+) -> bool:
+    """Whether replaying the recorded block outputs gives the full pass's log-probabilities."""
+    full = _forward_with_shift(model, block, rows, owner, zero, pad_id)
+    replayed = _forward_with_shift(
+        model, block, rows, owner, zero, pad_id, _Replay(blocks, layer, states)
+    )
+    diff = float((full - replayed).abs().max())
+    if not diff <= REPLAY_TOLERANCE:
+        log.warning("value optimisation: replaying the lower blocks changed the log-probabilities "
+                    "by %.2g; running full passes instead", diff)  # fmt: skip
+        return False
+    return True
 
 
 def optimise_values(
@@ -122,23 +196,30 @@ def optimise_values(
     nll_owner_t = torch.tensor(nll_owner)
     kl_owner_t = torch.tensor(kl_owner, dtype=torch.long)
 
-    # Unedited hidden states at the subject, and the subject's own next-token distribution.
-    from unierase.edit.keys import read_rows
-
-    _, hid, _ = read_rows(
-        model, layout, nll_rows, hidden_layers=[layer], pad_id=pad_id, logits=False
-    )
-    hidden = torch.zeros(n, hid[layer].shape[1])
-    hidden.index_add_(0, nll_owner_t, hid[layer])
+    # The blocks up to the value layer, once: the unedited hidden states at the subject, and
+    # what later steps replay (see the module docstring).
+    nll_states = block_outputs(model, block, nll_rows, pad_id)
+    kl_states = block_outputs(model, block, kl_rows, pad_id)
+    hid = torch.stack([h[r.pos] for h, r in zip(nll_states, nll_rows, strict=True)]).float().cpu()
+    hidden = torch.zeros(n, hid.shape[1])
+    hidden.index_add_(0, nll_owner_t, hid)
     hidden /= torch.bincount(nll_owner_t, minlength=n).clamp(min=1).unsqueeze(1).float()
     h_norm = hidden.norm(dim=1).clamp(min=1e-6)
     zero = torch.zeros(n, hidden.shape[1], device=device)
-    with torch.no_grad():
-        kl_init = (
-            _forward_with_shift(model, block, kl_rows, kl_owner_t, zero, pad_id)
-            if kl_rows
-            else None
+    blocks = model.get_submodule(layout.layers_name)
+    replay = isinstance(blocks, torch.nn.ModuleList) and _replay_matches(
+        model, block, blocks, layer, nll_rows, nll_owner_t, nll_states, zero, pad_id
+    )
+
+    def forward(rows_idx: list[int], rows: list[Row], owner: torch.Tensor, states, d):
+        picked = _Replay(blocks, layer, [states[i] for i in rows_idx]) if replay else None
+        return _forward_with_shift(
+            model, block, [rows[i] for i in rows_idx], owner[rows_idx], d, pad_id, picked
         )
+
+    with torch.no_grad():
+        kl_all = list(range(len(kl_rows)))
+        kl_init = forward(kl_all, kl_rows, kl_owner_t, kl_states, zero) if kl_rows else None
 
     delta = torch.zeros(n, hidden.shape[1], device=device, requires_grad=True)
     opt = torch.optim.Adam([delta], lr=config.v_lr)
@@ -154,9 +235,7 @@ def optimise_values(
         for _ in bar:
             active = ~done
             rows_idx = [i for i, o in enumerate(nll_owner) if active[o]]
-            logp = _forward_with_shift(
-                model, block, [nll_rows[i] for i in rows_idx], nll_owner_t[rows_idx], delta, pad_id
-            )
+            logp = forward(rows_idx, nll_rows, nll_owner_t, nll_states, delta)
             owners = nll_owner_t[rows_idx].to(device)
             row_nll = -logp[:, target_id]
             nll = torch.zeros(n, device=device).index_add(0, owners, row_nll)
@@ -170,14 +249,7 @@ def optimise_values(
             if kl_init is not None and config.v_kl_weight > 0:
                 kl_idx = [i for i, o in enumerate(kl_owner) if active[o]]
                 if kl_idx:
-                    kl_logp = _forward_with_shift(
-                        model,
-                        block,
-                        [kl_rows[i] for i in kl_idx],
-                        kl_owner_t[kl_idx],
-                        delta,
-                        pad_id,
-                    )
+                    kl_logp = forward(kl_idx, kl_rows, kl_owner_t, kl_states, delta)
                     # As ROME: KL(edited || unedited) of the subject's next-token distribution.
                     kl = F.kl_div(kl_init[kl_idx], kl_logp, log_target=True, reduction="none")
                     loss = loss + config.v_kl_weight * kl.sum(-1).sum()
