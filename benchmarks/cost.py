@@ -190,7 +190,7 @@ def measure_stats(args, n_texts: int, layers) -> dict[str, Any]:
     traced = time.perf_counter() - t
     f2, _ = plain_forward_seconds(model, seqs, args.batch_size, pad, stop)
     forward = (f1 + f2) / 2
-    whole, _ = plain_forward_seconds(model, seqs, args.batch_size, pad)
+    whole = plain_forward_seconds(model, seqs, args.batch_size, pad)[0] if args.whole else None
     moment = stats[layers[0]].moment
     t = time.perf_counter()
     proj = null_space_projector(moment, 0.02)
@@ -207,11 +207,11 @@ def measure_stats(args, n_texts: int, layers) -> dict[str, Any]:
         "layers": list(layers),
         "forward_tokens_per_s": round(tokens / forward, 1),
         "forward_stops_after": stop,
-        "whole_model_forward_tokens_per_s": round(tokens / whole, 1),
+        "whole_model_forward_tokens_per_s": round(tokens / whole, 1) if whole else None,
         "statistics_tokens_per_s": round(tokens / traced, 1),
         "throughput_ratio": round(forward / traced, 3),
         "forward_seconds": [round(f1, 2), round(f2, 2)],
-        "whole_model_forward_seconds": round(whole, 2),
+        "whole_model_forward_seconds": round(whole, 2) if whole else None,
         "statistics_seconds": round(traced, 2),
         "d_mlp": d,
         "d_model": layout.hidden_size,
@@ -488,6 +488,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--bench-run", type=Path, help="a finished `unierase bench` run to read")
     ap.add_argument("--sequential-run", type=Path, help="a finished `--mode sequential` run")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--no-whole-forward", dest="whole", action="store_false",
+                    help="stats: skip the whole model's pass (the slowest reference)")  # fmt: skip
     ap.add_argument("--profile", action="store_true", help="cProfile the measured sections")
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results/cost.json"))
     args = ap.parse_args(argv)
