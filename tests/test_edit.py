@@ -277,9 +277,7 @@ def test_layer_band_and_presets():
 
 
 @pytest.mark.parametrize("family", ["llama", "gpt2", "gemma3"])
-def test_value_optimisation_replays_the_lower_blocks_with_the_full_pass_result(
-    family, monkeypatch
-):
+def test_value_optimisation_replays_the_lower_blocks_with_the_full_pass_result(family, monkeypatch):
     from unierase.edit import values
 
     tok, model, unl, layout, config = _setup(family, v_steps=6, v_loss_stop=0.0)
@@ -317,12 +315,17 @@ def test_value_optimisation_falls_back_to_full_passes_when_the_replay_differs(ca
     requests = build_requests(tok, FORGET[:1], granularity="question")
     blocks = model.get_submodule(layout.layers_name)
     nll_rows = [r for req in requests for r in req.prompts]
-    states = values.block_outputs(model, f"{layout.layers_name}.1", nll_rows, 0)
+    block = f"{layout.layers_name}.1"
     owner = torch.zeros(len(nll_rows), dtype=torch.long)
     zero = torch.zeros(1, layout.hidden_size)
-    args = (model, f"{layout.layers_name}.1", blocks, 1, nll_rows, owner)
-    assert values._replay_matches(*args, states, zero, 0)
+    full, states = values._full_pass(model, block, nll_rows, owner, zero, 0)
+
+    def matches(states):
+        replay = values._Replay(blocks, 1, states)
+        return values._replay_matches(model, block, replay, nll_rows, owner, zero, 0, full)
+
+    assert matches(states)
     wrong = [h + 1.0 for h in states]
     with caplog.at_level("WARNING"):
-        assert not values._replay_matches(*args, wrong, zero, 0)
+        assert not matches(wrong)
     assert "running full passes instead" in caplog.text

@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 
 from unierase.edit.config import EditConfig
 from unierase.edit.requests import EditRequest, Row, left_pad
-from unierase.edit.trace import Trace, forward_until, patch_output, replay_blocks
+from unierase.edit.trace import Trace, patch_output, replay_blocks
 from unierase.model import ModelLayout
 
 log = logging.getLogger(__name__)
@@ -67,25 +67,6 @@ class _Replay:
     blocks: torch.nn.ModuleList
     layer: int
     states: list[torch.Tensor]
-
-
-@torch.no_grad()
-def block_outputs(
-    model: torch.nn.Module, block_name: str, rows: Sequence[Row], pad_id: int, batch_size: int = 32
-) -> list[torch.Tensor]:
-    """Per row, the output of block ``block_name`` over the row's own tokens (seq x hidden)."""
-    device = model.get_input_embeddings().weight.device
-    out: list[torch.Tensor] = []
-    for start in range(0, len(rows), batch_size):
-        chunk = rows[start : start + batch_size]
-        ids, mask, position_ids, _ = left_pad(chunk, pad_id, device)
-        with Trace(model, [block_name], outputs=True) as tr:
-            forward_until(model, block_name, input_ids=ids, attention_mask=mask,
-                          position_ids=position_ids, use_cache=False)  # fmt: skip
-        h = tr.outputs[block_name]
-        for i, r in enumerate(chunk):
-            out.append(h[i, h.shape[1] - len(r.ids) :].clone())
-    return out
 
 
 def _forward_with_shift(
@@ -129,22 +110,35 @@ def _forward_with_shift(
 
 
 @torch.no_grad()
+def _full_pass(
+    model: torch.nn.Module,
+    block: str,
+    rows: list[Row],
+    owner: torch.Tensor,
+    zero: torch.Tensor,
+    pad_id: int,
+) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """The unshifted log-probabilities of a full pass, and per row the output of ``block`` over
+    the row's own tokens (recorded on the way, for the replay)."""
+    with Trace(model, [block], outputs=True) as tr:
+        logp = _forward_with_shift(model, block, rows, owner, zero, pad_id)
+    h = tr.outputs[block]
+    return logp, [h[i, h.shape[1] - len(r.ids) :].clone() for i, r in enumerate(rows)]
+
+
+@torch.no_grad()
 def _replay_matches(
     model: torch.nn.Module,
     block: str,
-    blocks: torch.nn.ModuleList,
-    layer: int,
+    replay: _Replay,
     rows: list[Row],
     owner: torch.Tensor,
-    states: list[torch.Tensor],
     zero: torch.Tensor,
     pad_id: int,
+    full: torch.Tensor,
 ) -> bool:
     """Whether replaying the recorded block outputs gives the full pass's log-probabilities."""
-    full = _forward_with_shift(model, block, rows, owner, zero, pad_id)
-    replayed = _forward_with_shift(
-        model, block, rows, owner, zero, pad_id, _Replay(blocks, layer, states)
-    )
+    replayed = _forward_with_shift(model, block, rows, owner, zero, pad_id, replay)
     diff = float((full - replayed).abs().max())
     if not diff <= REPLAY_TOLERANCE:
         log.warning("value optimisation: replaying the lower blocks changed the log-probabilities "
@@ -196,30 +190,31 @@ def optimise_values(
     nll_owner_t = torch.tensor(nll_owner)
     kl_owner_t = torch.tensor(kl_owner, dtype=torch.long)
 
-    # The blocks up to the value layer, once: the unedited hidden states at the subject, and
-    # what later steps replay (see the module docstring).
-    nll_states = block_outputs(model, block, nll_rows, pad_id)
-    kl_states = block_outputs(model, block, kl_rows, pad_id)
+    # One unshifted full pass: the subject's own next-token distribution (KL rows), the
+    # unedited hidden states at the subject, and the value block's output that later steps
+    # replay (see the module docstring).
+    d_hidden = layout.hidden_size
+    zero = torch.zeros(n, d_hidden, device=device)
+    full_logp, nll_states = _full_pass(model, block, nll_rows, nll_owner_t, zero, pad_id)
+    kl_init, kl_states = (
+        _full_pass(model, block, kl_rows, kl_owner_t, zero, pad_id) if kl_rows else (None, [])
+    )
     hid = torch.stack([h[r.pos] for h, r in zip(nll_states, nll_rows, strict=True)]).float().cpu()
-    hidden = torch.zeros(n, hid.shape[1])
+    hidden = torch.zeros(n, d_hidden)
     hidden.index_add_(0, nll_owner_t, hid)
     hidden /= torch.bincount(nll_owner_t, minlength=n).clamp(min=1).unsqueeze(1).float()
     h_norm = hidden.norm(dim=1).clamp(min=1e-6)
-    zero = torch.zeros(n, hidden.shape[1], device=device)
     blocks = model.get_submodule(layout.layers_name)
     replay = isinstance(blocks, torch.nn.ModuleList) and _replay_matches(
-        model, block, blocks, layer, nll_rows, nll_owner_t, nll_states, zero, pad_id
-    )
+        model, block, _Replay(blocks, layer, nll_states), nll_rows, nll_owner_t, zero, pad_id,
+        full_logp,
+    )  # fmt: skip
 
     def forward(rows_idx: list[int], rows: list[Row], owner: torch.Tensor, states, d):
         picked = _Replay(blocks, layer, [states[i] for i in rows_idx]) if replay else None
         return _forward_with_shift(
             model, block, [rows[i] for i in rows_idx], owner[rows_idx], d, pad_id, picked
         )
-
-    with torch.no_grad():
-        kl_all = list(range(len(kl_rows)))
-        kl_init = forward(kl_all, kl_rows, kl_owner_t, kl_states, zero) if kl_rows else None
 
     delta = torch.zeros(n, hidden.shape[1], device=device, requires_grad=True)
     opt = torch.optim.Adam([delta], lr=config.v_lr)
