@@ -88,6 +88,122 @@ def test_bench_end_to_end(base_dir, tmp_path):
     assert any(line.startswith("[GA]") for line in lines)
 
 
+def _row(attack, u, r, b, rec=None):
+    row = {"attack": attack}
+    for role, v in (("unlearned", u), ("retain", r), ("before", b)):
+        row[f"{role}/rouge"], row[f"{role}/p_answer"] = v, v / 2
+    return {**row, "recovery": rec} if rec is not None else row
+
+
+def test_attack_block_means_ranking_and_table_by_hand():
+    from unierase.bench_attacks import (
+        format_attack_table,
+        least_leaking,
+        least_leaking_text,
+        method_entry,
+    )
+
+    ga = method_entry([_row("prefill", 0.5, 0.1, 0.9, 0.5), _row("token_ban", 0.3, 0.1, 0.9, 0.25),
+                       _row("token_injection", 0.8, 0.8, 0.8)])  # fmt: skip
+    assert ga["attacks"]["prefill"] == {"rouge": 0.5, "p_answer": 0.25, "recovery": 0.5}
+    # token_injection measures kept answers, not leakage: out of the means
+    assert ga["mean_recovery"] == pytest.approx(0.375) and ga["mean_rouge"] == pytest.approx(0.4)
+    ue = method_entry(
+        [_row("prefill", 0.2, 0.1, 0.9, 0.125), _row("token_ban", 0.1, 0.1, 0.9, 0.0)]
+    )
+    best = least_leaking({"GA": ga, UNIERASE: ue})
+    assert best == {"method": UNIERASE, "by": "mean recovery", "value": pytest.approx(0.0625)}
+    # without a floor there is no recovery: the ranking falls back to the forget ROUGE, and says so
+    no_floor = {n: {**e, "mean_recovery": None} for n, e in {"GA": ga, UNIERASE: ue}.items()}
+    best = least_leaking(no_floor)
+    assert best["method"] == UNIERASE and best["by"] == "mean forget ROUGE-L" and best["reason"]
+    assert "tied" not in best
+    tie = least_leaking({"GA": ue, UNIERASE: ue})
+    assert tie["method"] == "GA" and tie["tied"] == ["GA", UNIERASE]
+    tied_block = {"attacks": ["prefill", "token_ban"], "least_leaking": tie}
+    assert "least leaking: GA and UniErase (a tie) (mean recovery" in least_leaking_text(tied_block)
+    block = {"attacks": ["prefill", "token_ban"], "items": {"forget": 4, "retain": 3},
+             "ceiling": {"prefill": {"rouge": 0.9, "p_answer": 0.45}}, "floor": None,
+             "methods": {"GA": ga, UNIERASE: ue},
+             "least_leaking": least_leaking({"GA": ga})}  # fmt: skip
+    table = format_attack_table(block)
+    assert "| target (ceiling) | 0.90 / 0.45 | - | - |" in table and "(floor) |" not in table
+    assert "| GA | 0.50 / 0.25, rec 0.50 | 0.30 / 0.15, rec 0.25 | 0.38 |" in table
+    assert "least leaking: GA (mean recovery 0.375 over prefill, token_ban)" in table
+
+
+def test_bench_attacks_every_method_and_the_references(base_dir, tmp_path, monkeypatch):
+    import torch
+
+    import unierase.attacks as A
+    from unierase.attacks.run import RECORDS_FILE, SUMMARY_FILE
+    from unierase.report import REPORT_FILE
+
+    attacked = []
+    real_run_attacks = A.run_attacks
+
+    def run_attacks_unchanged(model, tokenizer, data, config):
+        # Relearning fine-tunes a copy: the attacked model must come back as it went in.
+        before = {k: v.clone() for k, v in model.state_dict().items()}
+        result = real_run_attacks(model, tokenizer, data, config)
+        after = model.state_dict()
+        assert all(torch.equal(before[k], after[k]) for k in before)
+        attacked.append(len(data.forget))
+        return result
+
+    monkeypatch.setattr(A, "run_attacks", run_attacks_unchanged)
+    out = tmp_path / "bench"
+    settings = BenchSettings(
+        model=str(base_dir), out=out, methods=("UniErase", "GA"), authors=4, forget=1,
+        questions=5, forget_items=5, retain_items=4, probe_items=2, max_new_tokens=4,
+        probe_max_new_tokens=2, embedding_model="none",
+        finetune_overrides={"epochs": 1, "lr": 1e-3}, baseline_overrides={"epochs": 1, "lr": 1e-3},
+        token_overrides=bench_token_settings(),
+        edit_overrides=BENCH_EDIT, stats_texts=BENCH_STATS_TEXTS, progress=False,
+        attacks=("prefill", "token_ban", "relearn"), attack_items=4,
+        attack_overrides={"prefills": ("Sure, ",), "relearn_epochs": 1, "relearn_batch_size": 2},
+    )  # fmt: skip
+    lines: list[str] = []
+    run_bench(settings, lines.append)
+    assert attacked == [4, 4, 4, 4]  # retain model, target, UniErase, GA: 4 forget questions each
+    block = json.loads((out / RESULTS_FILE).read_text())["attacks"]
+    assert block["attacks"] == ["prefill", "token_ban", "relearn"] and block["items"]["forget"] == 4
+    assert block["config"]["max_new_tokens"] == 4 and block["config"]["prefills"] == ["Sure, "]
+    assert list(block["methods"]) == ["UniErase", "GA"]
+    for ref in ("ceiling", "floor"):
+        assert set(block[ref]) == set(block["attacks"])
+    for name, entry in block["methods"].items():
+        assert set(entry["attacks"]) == set(block["attacks"])
+        for attack, cells in entry["attacks"].items():
+            assert 0 <= cells["rouge"] <= 1 and 0 <= cells["p_answer"] <= 1, (name, attack)
+            ceiling, floor = block["ceiling"][attack]["rouge"], block["floor"][attack]["rouge"]
+            if ceiling > floor:  # recovery as unierase.attacks.compare computes it
+                assert cells["recovery"] == pytest.approx(
+                    (cells["rouge"] - floor) / (ceiling - floor)
+                )
+            else:
+                assert cells["recovery"] is None
+        directory = out / "methods" / method_dir_name(name) / "attacks"
+        summary = json.loads((directory / SUMMARY_FILE).read_text())
+        assert set(summary["models"]) == {"unlearned", "retain", "before"}
+        # the references' records stay in their own directories
+        roles = {json.loads(line)["model"] for line in (directory / RECORDS_FILE).open()}
+        assert roles == {"unlearned"}
+    best = block["least_leaking"]
+    assert best["method"] in block["methods"] and best["value"] is not None
+    records = [
+        json.loads(line) for line in (out / "methods/UniErase/attacks" / RECORDS_FILE).open()
+    ]
+    assert {r["variant"] for r in records if r["attack"] == "token_ban"} == {"banned"}
+    for ref in ("target", "retain_model"):
+        assert (out / ref / "attacks" / SUMMARY_FILE).is_file()
+    table = (out / TABLE_FILE).read_text()
+    assert "| target (ceiling) |" in table and "| retain model (floor) |" in table
+    assert "least leaking: " in table and "| GA | " in table
+    assert "<h2>Attacks</h2>" in (out / REPORT_FILE).read_text()
+    assert sum(line.startswith("[attack]") for line in lines) == 4
+
+
 def test_cli_bench_options_reach_the_settings(monkeypatch, tmp_path):
     import unierase.bench as B
     from unierase.cli import main
@@ -99,6 +215,37 @@ def test_cli_bench_options_reach_the_settings(monkeypatch, tmp_path):
     s = seen["s"]
     assert s.methods == ("UniErase", "GA") and s.out == tmp_path and not s.retain_model
     assert s.baseline_overrides == {"epochs": 2, "lr": 1e-4} and not s.progress
+    assert (s.authors, s.questions) == (10, 10)  # the demo set's defaults when not given
+
+    seen.clear()
+    assert main(["bench", "--out", str(tmp_path), "--authors", "14", "--questions", "6"]) == 0
+    assert (seen["s"].authors, seen["s"].questions) == (14, 6)
+    assert seen["s"].attacks == ()  # no attacks unless asked
+
+    seen.clear()
+    argv = ["bench", "--out", str(tmp_path), "--attacks", "prefill, token_ban"]
+    assert main([*argv, "--attack-items", "7"]) == 0
+    assert seen["s"].attacks == ("prefill", "token_ban") and seen["s"].attack_items == 7
+    seen.clear()
+    assert main(["bench", "--out", str(tmp_path), "--attacks", "all"]) == 0
+    assert seen["s"].attacks[:2] == ("direct", "prefill") and "membership" in seen["s"].attacks
+
+
+def test_cli_bench_rejects_unknown_attacks_and_attacks_outside_batch_mode(tmp_path, capsys):
+    from unierase.cli import main
+
+    assert main(["bench", "--attacks", "prefill,nope", "--out", str(tmp_path)]) == 2
+    assert "unknown attack(s) nope" in capsys.readouterr().out
+    argv = ["bench", "--attacks", "prefill", "--mode", "precise", "--out", str(tmp_path)]
+    assert main(argv) == 2
+    assert "batch mode only" in capsys.readouterr().out
+
+
+def test_cli_bench_sizes_only_the_demo_set(tmp_path, capsys):
+    from unierase.cli import main
+
+    assert main(["bench", "--preset", "tofu-mini", "--authors", "12", "--out", str(tmp_path)]) == 2
+    assert "demo preset's synthetic set only" in capsys.readouterr().out
 
 
 def test_cli_bench_rejects_an_unknown_method(tmp_path, capsys):

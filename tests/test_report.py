@@ -103,6 +103,33 @@ def test_report_holds_the_table_figures_ratios_and_samples(run_dir):
     assert "UniErase kept" in page
 
 
+def test_report_says_which_method_leaks_least_when_the_run_attacked(run_dir):
+    from unierase.bench_attacks import least_leaking
+
+    assert "<h2>Attacks</h2>" not in write_report(run_dir).read_text("utf-8")
+    results = json.loads((run_dir / RESULTS_FILE).read_text())
+
+    def entry(rouge, recovery):
+        cells = {"rouge": rouge, "p_answer": rouge / 2, "recovery": recovery}
+        return {"attacks": {"prefill": cells}, "mean_recovery": recovery, "mean_rouge": rouge}
+
+    methods = {"UniErase": entry(0.125, 0.0625), "GA": entry(0.25, 0.25)}
+    results["attacks"] = {
+        "attacks": ["prefill"],
+        "items": {"forget": 4, "retain": 3},
+        "ceiling": {"prefill": {"rouge": 0.875, "p_answer": 0.5}},
+        "floor": {"prefill": {"rouge": 0.0625, "p_answer": 0.03}},
+        "methods": methods,
+        "least_leaking": least_leaking(methods),
+    }
+    (run_dir / RESULTS_FILE).write_text(json.dumps(results), "utf-8")
+    page = write_report(run_dir).read_text("utf-8")
+    section = page.split("<h2>Attacks</h2>")[1].split("<h2>")[0]
+    assert "least leaking: UniErase (mean recovery 0.062 over prefill)" in section
+    assert "<td>target (ceiling)</td><td>0.88 / 0.50</td><td>-</td>" in section
+    assert "<td>GA</td><td>0.25 / 0.12, rec 0.25</td><td>0.25</td>" in section
+
+
 def test_report_rerenders_byte_identically(run_dir, tmp_path):
     first = write_report(run_dir).read_bytes()
     again = write_report(run_dir, tmp_path / "again.html").read_bytes()

@@ -19,6 +19,11 @@ Stages:
 5. the outputs: ``results.json`` (every metric of every method, its time and memory),
    ``table.md`` and, per method, the evaluation records under ``methods/<name>/eval``.
 
+With ``attacks`` (``--attacks``), the same attacks run on the target model, the retain model and
+every method's model right after each one's evaluation (``unierase.bench_attacks``): records
+under ``methods/<name>/attacks``, an ``attacks`` block in ``results.json`` (recovery per method
+and attack, the method that leaks least) and an attack table in ``table.md``.
+
 Every method gets the same forget set, the same retain items and the same evaluation items.
 UniErase's checkpoint is kept (``methods/UniErase/model``); the baselines' models are evaluated in
 memory and not saved. The batch run ends with an HTML report (``unierase.report``).
@@ -50,6 +55,7 @@ DEFAULT_TOFU = Path("../shared/data/tofu")
 TOFU_MINI = {"authors": 10, "forget_authors": 2, "questions_per_author": 10}
 RESULTS_FILE = "results.json"
 TABLE_FILE = "table.md"
+ATTACK_DIR = "attacks"  # per model, beside its eval directory (``--attacks``)
 FILTER_DIR = "filter"  # realworld: the base model's answers and which questions it knows
 FILTER_FILE = "filter.jsonl"
 PROBE_ROLES = ("general", "real_authors", "world_facts")  # the general-knowledge evaluation splits
@@ -101,6 +107,11 @@ class BenchSettings:
         mode: "batch" (one forget set), "sequential" (``rounds`` rounds of ``per_round``
             questions) or "precise" (``precise_items`` single questions); see
             ``unierase.bench_modes``.
+        attacks: batch mode: attacks (``unierase.attacks.ATTACK_NAMES``) run on every model
+            after its evaluation (empty: none); see ``unierase.bench_attacks``.
+        attack_items: forget (and retain) questions attacked, a seeded sample of the evaluated
+            ones.
+        attack_overrides: further ``AttackConfig`` fields (the relearning's epochs, ...).
     """
 
     model: str = "smollm2-135m"
@@ -131,6 +142,9 @@ class BenchSettings:
     rounds: int = 5
     per_round: int = 4
     precise_items: int = 20
+    attacks: tuple[str, ...] = ()
+    attack_items: int = 20
+    attack_overrides: Mapping[str, Any] = field(default_factory=dict)
 
 
 def all_methods() -> tuple[str, ...]:
@@ -450,6 +464,8 @@ def run_bench(
         raise ValueError(f"--preset {REALWORLD} runs in batch mode only, not {settings.mode!r}")
     if settings.data is not None and not realworld:
         raise ValueError(f"--data is used by --preset {REALWORLD} only")
+    if settings.attacks and settings.mode != "batch":
+        raise ValueError(f"--attacks runs in batch mode only, not {settings.mode!r}")
     if settings.mode != "batch":
         from unierase.bench_modes import run_mode_bench
 
@@ -516,6 +532,7 @@ def run_bench(
     eval_config = _eval_config(settings)
     embedding = None if settings.embedding_model == "none" else settings.embedding_model
     aux_cache: dict[str, Any] = {}
+    attacker = _attacker(settings, splits, eval_config, data_dir) if settings.attacks else None
 
     def evaluate(model: Any, tokenizer: Any, name: str, directory: Path, reference=None):
         if "aux" not in aux_cache:
@@ -533,14 +550,18 @@ def run_bench(
         t = time.perf_counter()
         model, tokenizer = unierase.load(retain_ckpt.path)
         evaluate(model, tokenizer, "retain model", out_dir / "retain_model" / "eval")
-        del model
         reference = suite.load_retain_reference(out_dir / "retain_model" / "eval")
         out(_status("eval", "retain model (the forget-quality reference)", time.perf_counter() - t))
+        if attacker is not None:
+            _attack_reference(attacker, model, tokenizer, "retain", out_dir / "retain_model", out)
+        del model
     t = time.perf_counter()
     model, tokenizer = unierase.load(target_path)
     target_eval = evaluate(model, tokenizer, "target model", out_dir / "target" / "eval", reference)
-    del model
     out(_status("eval", "target model (before unlearning)", time.perf_counter() - t))
+    if attacker is not None:
+        _attack_reference(attacker, model, tokenizer, "before", out_dir / "target", out)
+    del model
 
     results: dict[str, Any] = {
         "format": "unierase-bench/1",
@@ -593,7 +614,6 @@ def run_bench(
                 report = baseline.to_dict()
         seconds = time.perf_counter() - t
         result = evaluate(model, tokenizer, name, directory / "eval", reference)
-        del model
         results["methods"][name] = {
             "metrics": result.summary["metrics"],
             "seconds": seconds,
@@ -605,6 +625,12 @@ def run_bench(
         out(_status(name, f"FE {_fmt(m.get('paper/forget_efficacy'))}, MU "
                     f"{_fmt(m.get('paper/model_utility'))} (unlearning {seconds:.1f} s)",
                     time.perf_counter() - t))  # fmt: skip
+        if attacker is not None:
+            entry = attacker.attack_method(model, tokenizer, name, directory / ATTACK_DIR)
+            out(_status("attack", f"{name}: {_attack_line(entry)}", entry["seconds"]))
+        del model
+    if attacker is not None:
+        results["attacks"] = attacker.block()
     results["headline"] = headline_ratios(results["methods"])
     results["seconds"] = time.perf_counter() - t_all
     results["settings"] = {
@@ -621,6 +647,46 @@ def run_bench(
     out(f"\nresults: {out_dir / RESULTS_FILE}, table: {out_dir / TABLE_FILE}")
     _write_html_report(out_dir, out)
     return BenchResult(results, table, out_dir)
+
+
+def _attacker(
+    settings: BenchSettings, splits: Mapping[str, Any], eval_config: Any, data_dir: Path
+) -> Any:
+    """The attack stage (``unierase.bench_attacks``): the evaluated forget and retain items,
+    generated and scored as the evaluation does (``eval_config``)."""
+    from unierase.bench_attacks import BenchAttacks
+    from unierase.token.config import DEFAULT_TOKEN_TEXT
+
+    return BenchAttacks(
+        settings.attacks,
+        splits["forget"].items,
+        splits["retain"].items if "retain" in splits else [],
+        n_items=settings.attack_items,
+        seed=settings.seed,
+        overrides=settings.attack_overrides,
+        info={"data": str(data_dir), "sources": {r: s.source for r, s in splits.items()}},
+        max_new_tokens=settings.max_new_tokens,
+        batch_size=eval_config.batch_size,
+        fmt=eval_config.fmt,
+        token_text=settings.token_overrides.get("text", DEFAULT_TOKEN_TEXT),
+    )
+
+
+def _attack_reference(
+    attacker: Any, model: Any, tokenizer: Any, role: str, directory: Path, out: Callable
+) -> None:
+    """Attack the target ("before") or the retain model ("retain"); one status line."""
+    t = time.perf_counter()
+    attacker.attack_reference(model, tokenizer, role, directory / ATTACK_DIR)
+    label = "target model (the ceiling)" if role == "before" else "retain model (the floor)"
+    out(_status("attack", f"{label}: {', '.join(attacker.config.attacks)}",
+                time.perf_counter() - t))  # fmt: skip
+
+
+def _attack_line(entry: Mapping[str, Any]) -> str:
+    mean = entry.get("mean_recovery")
+    rouge = ", ".join(f"{a} {_fmt(v.get('rouge'))}" for a, v in entry["attacks"].items())
+    return f"forget ROUGE {rouge}; mean recovery {_fmt(mean)}"
 
 
 def _write_html_report(out_dir: Path, out: Callable[[str], None]) -> None:
@@ -694,4 +760,8 @@ def format_table(results: Mapping[str, Any]) -> str:
         lines.append(f"headline ratios: {head['reason']}")
     for key, reason in results.get("skipped", {}).items():
         lines.append(f"{key}: skipped ({reason})")
+    if results.get("attacks"):
+        from unierase.bench_attacks import format_attack_table
+
+        lines += ["", "Attacks (`--attacks`):", "", format_attack_table(results["attacks"])]
     return "\n".join(lines)

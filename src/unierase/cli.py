@@ -133,15 +133,23 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def cmd_bench(args: argparse.Namespace) -> int:
     from unierase.bench import BenchSettings, resolve_methods, run_bench
+    from unierase.bench_attacks import resolve_attacks
 
     methods = tuple(m.strip() for m in args.methods.split(",") if m.strip()) if args.methods else ()
     try:
         methods = resolve_methods(methods)
+        attacks = resolve_attacks(args.attacks or "")
     except ValueError as err:
         _out(f"error: {err}")
         return 2
+    if attacks and args.mode != "batch":
+        _out(f"error: --attacks runs in batch mode only, not --mode {args.mode}")
+        return 2
     if args.data is not None and args.preset != "realworld":
         _out("error: --data is used by --preset realworld only")
+        return 2
+    if args.preset != "demo" and (args.authors is not None or args.questions is not None):
+        _out("error: --authors and --questions size the demo preset's synthetic set only")
         return 2
     if args.preset == "realworld" and args.mode != "batch":
         _out(f"error: --preset realworld runs in batch mode only, not --mode {args.mode}")
@@ -169,6 +177,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
         rounds=args.rounds,
         per_round=args.per_round,
         precise_items=args.precise_items,
+        attacks=attacks,
+        attack_items=args.attack_items,
+        **_given(args, ("authors", "questions")),
     )
     run_bench(settings, _out)
     return 0
@@ -206,6 +217,17 @@ def _add_bench_parser(add: Callable) -> None:
         help="people (realworld) or synthetic authors (demo) to forget (default: %(default)s)",
     )
     p.add_argument(
+        "--authors",
+        type=_positive_int,
+        help="demo: synthetic authors in the set, forgotten ones included (default: 10); "
+        "sequential runs need one more than the rounds take",
+    )
+    p.add_argument(
+        "--questions",
+        type=_positive_int,
+        help="demo: questions per synthetic author (default: 10)",
+    )
+    p.add_argument(
         "--methods",
         help="comma-separated: UniErase and any of "
         + ", ".join(B.all_methods()[1:])
@@ -233,6 +255,19 @@ def _add_bench_parser(add: Callable) -> None:
         type=_positive_int,
         default=20,
         help="precise: single questions forgotten one at a time (default: 20)",
+    )
+    p.add_argument(
+        "--attacks",
+        metavar="LIST",
+        help="batch: comma-separated attacks as `unierase attack --attacks` takes them, or 'all', "
+        "run on the target, the retain model and every method after its evaluation; "
+        "results.json and table.md then say which method leaks least (default: none)",
+    )
+    p.add_argument(
+        "--attack-items",
+        type=_positive_int,
+        default=20,
+        help="forget (and retain) questions attacked, a seeded sample (default: %(default)s)",
     )
     p.add_argument("--model", default="smollm2-135m", help="base model (default: %(default)s)")
     p.add_argument(

@@ -9,6 +9,8 @@ re-rendered at any time (``unierase report RUN_DIR``). The page holds:
 - TOFU's forget quality vs model utility (forget quality on a log scale: it is a p-value);
 - per-split bars of ROUGE-L recall, answer probability, truth ratio and refusal rate;
 - the table of ``table.md`` with time and peak memory;
+- when the run attacked its models (``--attacks``), the attack table and the method that leaks
+  least (``unierase.bench_attacks``);
 - before/after answers of a few forget and retain questions, per method.
 
 Plots are inline SVG drawn with matplotlib (no file beside the page, no script, no network).
@@ -33,6 +35,8 @@ from unierase.bench import (
     headline_ratios,
     method_dir_name,
 )
+from unierase.bench_attacks import NOTES as ATTACK_NOTES
+from unierase.bench_attacks import attack_rows, least_leaking_text
 from unierase.data.schema import DataError
 
 REPORT_FILE = "report.html"
@@ -281,6 +285,30 @@ def _table_html(results: Mapping[str, Any]) -> str:
     return "<table>\n" + "\n".join(rows) + "\n</table>"
 
 
+def _attacks_html(results: Mapping[str, Any]) -> str:
+    """The attack section: which method leaks least, and the table of every attacked model."""
+    block = results["attacks"]
+    header, rows = attack_rows(block)
+    lines = ["<tr>" + "".join(f"<th>{_e(h)}</th>" for h in header) + "</tr>"]
+    for name, cells in rows:
+        css = ' class="unierase"' if name == UNIERASE else ""
+        tds = "".join(f"<td>{_e(c)}</td>" for c in cells)
+        lines.append(f"<tr{css}><td>{_e(name)}</td>{tds}</tr>")
+    items = block.get("items", {})
+    notes = [
+        f"{items.get('forget', '-')} forget and {items.get('retain', '-')} retain questions "
+        "attacked (a seeded sample of the evaluated ones); per-item records under "
+        "methods/&lt;name&gt;/attacks.",
+        *(_e(n) for n in ATTACK_NOTES),
+    ]
+    return (
+        f'<p class="headline">{_e(least_leaking_text(block))}</p>\n<table>\n'
+        + "\n".join(lines)
+        + "\n</table>\n"
+        + "\n".join(f'<p class="note">{n}</p>' for n in notes)
+    )
+
+
 def _figure_html(fig_id: str, caption: str, svg: str | None, missing: str = "") -> str:
     body = svg if svg is not None else f'<p class="note">not plotted: {_e(missing)}</p>'
     return (
@@ -412,6 +440,7 @@ def render_html(run: BenchRun, n_samples: int = 3) -> str:
             "<p class=\"note\">FE and MU: the paper's family; forget quality and TOFU MU: TOFU's. "
             "Time: the unlearning alone (evaluation excluded). Every number comes from "
             "results.json; per-item records are under methods/&lt;name&gt;/eval.</p>",
+            *(["<h2>Attacks</h2>", _attacks_html(results)] if results.get("attacks") else []),
             "<h2>Answers before and after</h2>",
             _samples_html(run, n_samples),
             "</body>",
