@@ -106,7 +106,8 @@ def unlearn(
         resume: a previous unierase output directory.
         edit_config: Phase II settings (None: ``preset``, or the preset for the model's width).
         preset: a name from ``unierase.edit.config.PRESETS`` ("small", "paper").
-        edit_overrides: EditConfig fields to change from that preset.
+        edit_overrides: EditConfig fields to change from that preset (``{"deep": True}``: deep
+            forgetting, see ``EditConfig.deep``).
         token_overrides: Phase I settings to change from the width preset (TokenConfig fields).
         stats_texts: general text for the statistics (None: the Wikipedia summaries).
         seed: seeds Phase I.

@@ -568,7 +568,7 @@ def cmd_unlearn(args: argparse.Namespace) -> int:
 
         check_disjoint(forget, retain)
     overrides = _given(
-        args, ("lambda_", "chunk_size", "granularity", "null_threshold", "repair_rounds")
+        args, ("lambda_", "chunk_size", "granularity", "null_threshold", "repair_rounds", "deep")
     )
     if args.layers:
         overrides["layers"] = tuple(int(x) for x in args.layers.split(","))
@@ -601,6 +601,12 @@ def cmd_unlearn(args: argparse.Namespace) -> int:
         )
     if edit["skipped_repeats"]:
         _out(f"  already forgotten   {len(edit['skipped_repeats'])} (skipped)")
+    if edit.get("deep"):
+        deep = edit["deep"]
+        _out(
+            f"  deep forgetting     answer-token p max {deep['answer_p_max']:.3f}, "
+            f"pre-fill NLL max {deep['prefill_nll_max']:.3f}"
+        )
     _out(f"  edited layers       {edit['layers']} (null-space rank {edit['ranks']})")
     _out(
         f"  parameters changed  {edit['parameters_changed']:,} "
@@ -1094,6 +1100,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--null-threshold", type=float, help="eigenvalue threshold of the projector")
     p.add_argument("--repair-rounds", type=int, help="per-question repair rounds after the edit")
+    p.add_argument(
+        "--deep",
+        action="store_true",
+        default=None,
+        help="deep forgetting: the edit also holds behind answer pre-fills and makes the true "
+        "answer unlikely at every position, not only its first token (slower value "
+        "optimisation) (default: off)",
+    )
     p.add_argument(
         "--stats-file",
         type=Path,

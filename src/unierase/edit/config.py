@@ -34,6 +34,14 @@ class EditConfig:
         stats_texts: general texts used for the second-moment statistics.
         stats_max_length: tokens per text.
         stats_chat_fraction: share of texts wrapped in the chat template.
+        deep: "deep forgetting": the value shift must also hold behind answer pre-fills and make
+            the true answer unlikely at every teacher-forced position, not only gate the first
+            answer token (costs more value-optimisation time).
+        deep_prefills: answer starts behind which every prompt must also produce the target
+            (the pre-fill attack's defaults).
+        deep_answer_tokens: leading answer tokens made unlikely (unlikelihood loss).
+        deep_weight: weight of the unlikelihood term.
+        deep_p_stop: a request is done only when its mean answer-token probability is below this.
     """
 
     layers: tuple[int, ...] | None = None
@@ -56,6 +64,11 @@ class EditConfig:
     stats_texts: int = 600
     stats_max_length: int = 128
     stats_chat_fraction: float = 0.5
+    deep: bool = False
+    deep_prefills: tuple[str, ...] = ("Sure, ", "The answer is")
+    deep_answer_tokens: int = 16
+    deep_weight: float = 1.0
+    deep_p_stop: float = 0.05
     extra: dict[str, Any] = field(default_factory=dict, compare=False)
 
     def resolved_layers(self, num_layers: int) -> tuple[int, ...]:
@@ -74,6 +87,7 @@ class EditConfig:
         d = asdict(self)
         d["layers"] = list(self.layers) if self.layers is not None else None
         d["context_prefixes"] = list(self.context_prefixes)
+        d["deep_prefills"] = list(self.deep_prefills)
         return d
 
     @classmethod
@@ -81,8 +95,9 @@ class EditConfig:
         d = dict(d)
         if d.get("layers") is not None:
             d["layers"] = tuple(d["layers"])
-        if "context_prefixes" in d:
-            d["context_prefixes"] = tuple(d["context_prefixes"])
+        for name in ("context_prefixes", "deep_prefills"):
+            if name in d:
+                d[name] = tuple(d[name])
         return cls(**d)
 
 

@@ -179,7 +179,11 @@ def _pad_id(tokenizer: Any) -> int:
 
 @dataclass
 class EditReport:
-    """Outcome of one Phase II round (all JSON-ready)."""
+    """Outcome of one Phase II round (all JSON-ready).
+
+    ``deep`` is None for the plain edit; with deep forgetting it holds the settings and the
+    worst final pre-fill NLL and answer-token probability of the value optimisation.
+    """
 
     requests: int
     questions: int
@@ -194,6 +198,7 @@ class EditReport:
     layers: list[int]
     ranks: dict[int, int]
     repairs: int
+    deep: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -235,6 +240,16 @@ def unlearning_edit(
     prefixes = generate_prefixes(model, tokenizer, config.context_prefixes, config.prefix_tokens)
     layers = list(state.layers)
     value_layer = layers[-1]
+    deep: dict[str, Any] | None = None
+    if config.deep:
+        deep = {
+            "prefills": list(config.deep_prefills),
+            "answer_tokens": config.deep_answer_tokens,
+            "weight": config.deep_weight,
+            "p_stop": config.deep_p_stop,
+            "prefill_nll_max": 0.0,
+            "answer_p_max": 0.0,
+        }
 
     def edit_chunk(chunk: list[EditRequest]) -> tuple[float, float]:
         """Edit one chunk; returns (max value NLL, min realised share), neutral when skipped."""
@@ -248,6 +263,10 @@ def unlearning_edit(
             model, layout, chunk, state.token_id, value_layer, config, pad_id=pad, progress=progress
         )
         seconds["values"] += values.seconds
+        measured = {"prefill_nll_max": values.prefill_nll, "answer_p_max": values.answer_p}
+        for key, value in measured.items():
+            if deep is not None and value is not None:
+                deep[key] = max(deep[key], float(value.max()))
         result = compute_alphaedit(
             model,
             layout,
@@ -266,8 +285,13 @@ def unlearning_edit(
             state.c_prev[layer] = state.c_prev[layer].to(torch.float64) + moment
         return float(values.nll.max()), float(result.realised.min())
 
+    deep_rows = dict(
+        deep=config.deep,
+        deep_prefills=config.deep_prefills,
+        deep_answer_tokens=config.deep_answer_tokens,
+    )
     requests = build_requests(
-        tokenizer, todo, granularity=config.granularity, prefixes=prefixes, fmt=fmt
+        tokenizer, todo, granularity=config.granularity, prefixes=prefixes, fmt=fmt, **deep_rows
     )
     from tqdm.auto import tqdm
 
@@ -281,7 +305,7 @@ def unlearning_edit(
 
     repairs = 0
     per_question = build_requests(
-        tokenizer, todo, granularity="question", prefixes=prefixes, fmt=fmt
+        tokenizer, todo, granularity="question", prefixes=prefixes, fmt=fmt, **deep_rows
     )
     for _ in range(config.repair_rounds):
         t = time.perf_counter()
@@ -317,6 +341,7 @@ def unlearning_edit(
         layers=layers,
         ranks=dict(state.ranks),
         repairs=repairs,
+        deep=deep,
     )
     state.rounds.append({k: v for k, v in report.to_dict().items() if k != "failed_questions"})
     return report

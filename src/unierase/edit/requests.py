@@ -4,6 +4,8 @@ A request is one or more prompts (the questions of one author at entity level, o
 question level). Each prompt carries the token index of its subject's last token, where the key
 is read and the value shift is added, and the same prompt behind a few short generated prefixes,
 over which keys are averaged so the edit does not depend on the exact start of the context.
+With deep forgetting, each prompt also comes behind answer pre-fills and followed by the start of
+its true answer (rows the value optimisation uses; keys stay those of the plain prompts).
 """
 
 from __future__ import annotations
@@ -27,6 +29,19 @@ class Row:
 
 
 @dataclass
+class AnswerRow(Row):
+    """A prompt followed by the start of its true answer.
+
+    Attributes:
+        positions: indices in ``ids`` whose next-token prediction is an answer token.
+        labels: the answer token predicted at each of ``positions``.
+    """
+
+    positions: list[int]
+    labels: list[int]
+
+
+@dataclass
 class EditRequest:
     """Prompts that one key/value pair must redirect to the target token.
 
@@ -38,6 +53,8 @@ class EditRequest:
         kl_rows: the subject alone; the next-token distribution at its last token is kept close
             to the unedited model's (the subject's own meaning).
         label: a short name for logs and reports.
+        prefill_rows: per prompt, the prompt with each answer pre-fill appended (deep only).
+        answer_rows: per prompt, the prompt with its answer's first tokens (deep only).
     """
 
     items: list[QAItem]
@@ -45,6 +62,8 @@ class EditRequest:
     contexts: list[list[Row]] = field(default_factory=list)
     kl_rows: list[Row] = field(default_factory=list)
     label: str = ""
+    prefill_rows: list[list[Row]] = field(default_factory=list)
+    answer_rows: list[AnswerRow] = field(default_factory=list)
 
 
 def _row(tokenizer: Any, question: str, subject: str | None, fmt: P.PromptFormat) -> Row:
@@ -52,6 +71,24 @@ def _row(tokenizer: Any, question: str, subject: str | None, fmt: P.PromptFormat
     return Row(
         enc.input_ids[: enc.prompt_length], P.subject_last_token(tokenizer, question, subject, fmt)
     )
+
+
+def _prefill_row(tokenizer: Any, question: str, prefill: str, pos: int, fmt: P.PromptFormat) -> Row:
+    # The pre-fill is encoded as the start of the answer turn, so the row is exactly the prompt
+    # followed by the pre-fill attack's ids (unierase.attacks.prompts.prefill_ids).
+    enc = P.encode(tokenizer, question, prefill, fmt, add_end_of_turn=False)
+    return Row(enc.input_ids, pos)
+
+
+def _answer_row(
+    tokenizer: Any, item: QAItem, pos: int, n_tokens: int, fmt: P.PromptFormat
+) -> AnswerRow:
+    enc = P.encode(tokenizer, item.question, item.answer, fmt, add_end_of_turn=False)
+    start = enc.prompt_length
+    labels = enc.input_ids[start : start + n_tokens]
+    # The logits at start - 1 + t predict answer token t.
+    positions = list(range(start - 1, start - 1 + len(labels)))
+    return AnswerRow(enc.input_ids[: start + len(labels)], pos, positions, labels)
 
 
 def _kl_row(tokenizer: Any, subject: str) -> Row:
@@ -94,6 +131,9 @@ def build_requests(
     granularity: str = "entity",
     prefixes: Sequence[str] = (),
     fmt: P.PromptFormat = P.PromptFormat(),
+    deep: bool = False,
+    deep_prefills: Sequence[str] = (),
+    deep_answer_tokens: int = 16,
 ) -> list[EditRequest]:
     """Group ``items`` into edit requests.
 
@@ -105,9 +145,13 @@ def build_requests(
             or "question" (one request per item).
         prefixes: generated context prefixes; each prompt is also encoded behind each of them.
         fmt: the prompt format (the same one evaluation uses).
+        deep: also build each prompt's pre-fill rows (behind each of ``deep_prefills``) and
+            answer row (its first ``deep_answer_tokens`` answer tokens).
     """
     if granularity not in ("entity", "question"):
         raise ValueError(f"granularity must be 'entity' or 'question', not {granularity!r}")
+    if deep and (deep_answer_tokens < 1 or not all(f.strip() for f in deep_prefills)):
+        raise ValueError("deep forgetting needs deep_answer_tokens >= 1 and non-blank pre-fills")
     groups: dict[str, list[QAItem]] = {}
     for i, item in enumerate(items):
         key = item.group if granularity == "entity" and item.group else f"#{i}"
@@ -122,7 +166,17 @@ def build_requests(
         subjects = list(dict.fromkeys(it.subject for it in members if it.subject))
         kl_rows = [_kl_row(tokenizer, s) for s in subjects[:2]]
         label = key if not key.startswith("#") else members[0].question[:60]
-        requests.append(EditRequest(list(members), prompts, contexts, kl_rows, label))
+        req = EditRequest(list(members), prompts, contexts, kl_rows, label)
+        if deep:
+            req.prefill_rows = [
+                [_prefill_row(tokenizer, it.question, f, row.pos, fmt) for f in deep_prefills]
+                for it, row in zip(members, prompts, strict=True)
+            ]
+            req.answer_rows = [
+                _answer_row(tokenizer, it, row.pos, deep_answer_tokens, fmt)
+                for it, row in zip(members, prompts, strict=True)
+            ]
+        requests.append(req)
     return requests
 
 

@@ -6,10 +6,16 @@ target (the unlearning token), with a KL term that keeps the subject's own next-
 distribution and a norm penalty; after every step ||delta|| is clamped to ``clamp * ||h||``.
 All requests are optimised together, each with its own delta; finished ones drop out.
 
+With deep forgetting (``config.deep``) the same shift must also produce the target behind answer
+pre-fills, and make the true answer unlikely at every teacher-forced position (an unlikelihood
+term), so that skipping the first-token gate does not recover the answer.
+
 The blocks up to the value layer do not change while the shifts are optimised, so their output
 for every row is computed once and replayed at each step (:func:`trace.replay_blocks`): a step
 runs only the blocks above the value layer. The replay is checked against a full pass before
-the first step and turned off (with a warning) if the two differ.
+the first step and turned off (with a warning) if the two differ; with deep forgetting the
+pre-fill and answer rows are recorded and checked the same way, and any mismatch turns the
+replay off for all rows.
 """
 
 from __future__ import annotations
@@ -25,7 +31,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from unierase.edit.config import EditConfig
-from unierase.edit.requests import EditRequest, Row, left_pad
+from unierase.edit.requests import AnswerRow, EditRequest, Row, left_pad
 from unierase.edit.trace import Trace, patch_output, replay_blocks
 from unierase.model import ModelLayout
 
@@ -47,6 +53,8 @@ class TargetValues:
         nll: (n_requests,) final mean NLL of the target token.
         steps: (n_requests,) steps each request took.
         seconds: wall time.
+        prefill_nll: (n_requests,) final mean NLL of the target behind the pre-fills (deep only).
+        answer_p: (n_requests,) final mean probability of the true answer tokens (deep only).
     """
 
     delta: torch.Tensor
@@ -54,6 +62,8 @@ class TargetValues:
     nll: torch.Tensor
     steps: torch.Tensor
     seconds: float
+    prefill_nll: torch.Tensor | None = None
+    answer_p: torch.Tensor | None = None
 
     @property
     def target(self) -> torch.Tensor:
@@ -69,16 +79,18 @@ class _Replay:
     states: list[torch.Tensor]
 
 
-def _forward_with_shift(
+def _shifted_logits(
     model: torch.nn.Module,
     block_name: str,
     rows: Sequence[Row],
     owner: torch.Tensor,
     delta: torch.Tensor,
     pad_id: int,
+    keep: int,
     replay: _Replay | None = None,
 ) -> torch.Tensor:
-    """Last-token log-probabilities (n_rows, vocab) with delta[owner[i]] added at rows[i].pos.
+    """Logits (n_rows, keep, vocab) of the last ``keep`` columns of the left-padded rows, with
+    delta[owner[i]] added at rows[i].pos.
 
     With ``replay`` (its ``states`` aligned with ``rows``), the blocks up to the shifted one are
     not run: their recorded output is used instead.
@@ -104,9 +116,73 @@ def _forward_with_shift(
             attention_mask=mask,
             position_ids=position_ids,
             use_cache=False,
-            logits_to_keep=1,
+            logits_to_keep=keep,
         )
-    return F.log_softmax(out.logits[:, -1].float(), dim=-1)
+    return out.logits
+
+
+def _forward_with_shift(
+    model: torch.nn.Module,
+    block_name: str,
+    rows: Sequence[Row],
+    owner: torch.Tensor,
+    delta: torch.Tensor,
+    pad_id: int,
+    replay: _Replay | None = None,
+) -> torch.Tensor:
+    """Last-token log-probabilities (n_rows, vocab) with delta[owner[i]] added at rows[i].pos
+    (``replay``: see :func:`_shifted_logits`)."""
+    logits = _shifted_logits(model, block_name, rows, owner, delta, pad_id, 1, replay)
+    return F.log_softmax(logits[:, -1].float(), dim=-1)
+
+
+def _forward_at_positions_with_shift(
+    model: torch.nn.Module,
+    block_name: str,
+    rows: Sequence[Row],
+    positions: Sequence[Sequence[int]],
+    owner: torch.Tensor,
+    delta: torch.Tensor,
+    pad_id: int,
+    replay: _Replay | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Log-probabilities at ``positions[i]`` of ``rows[i]`` (indices into its ids), with
+    delta[owner[i]] added at rows[i].pos (``replay``: see :func:`_shifted_logits`).
+
+    Returns:
+        log-probabilities (n_rows, n_pos, vocab), n_pos the longest list, and a mask
+        (n_rows, n_pos) that is False where a shorter list was padded (with its last position).
+    """
+    width = max(len(r.ids) for r in rows)
+    n_pos = max(len(p) for p in positions)
+    padded = [list(p) + [p[-1]] * (n_pos - len(p)) for p in positions]
+    mask = torch.tensor([[True] * len(p) + [False] * (n_pos - len(p)) for p in positions])
+    # Left padding: index j of a row sits at column j + width - len(row).
+    offsets = [width - len(r.ids) for r in rows]
+    cols = torch.tensor([[o + q for q in p] for o, p in zip(offsets, padded, strict=True)])
+    # Only the columns from the earliest position on are needed.
+    keep = width - int(cols.min())
+    logits = _shifted_logits(model, block_name, rows, owner, delta, pad_id, keep, replay)
+    picked = logits[torch.arange(len(rows)).unsqueeze(1), cols - (width - keep)]
+    return F.log_softmax(picked.float(), dim=-1), mask.to(logits.device)
+
+
+def _per_request_mean(values: torch.Tensor, owners: torch.Tensor, n: int) -> torch.Tensor:
+    """(n,) mean of ``values`` (n_rows,) over the rows of each request (0 where it has none)."""
+    total = torch.zeros(n, device=values.device).index_add(0, owners, values)
+    return total / torch.bincount(owners, minlength=n).clamp(min=1)
+
+
+def _answer_unlikelihood(
+    logp: torch.Tensor, mask: torch.Tensor, rows: Sequence[AnswerRow]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per row: mean over its answer positions of -log(1 - p(y_t)), and mean p(y_t)."""
+    n_pos = mask.shape[1]
+    labels = torch.tensor([r.labels + [r.labels[-1]] * (n_pos - len(r.labels)) for r in rows])
+    lp = logp.gather(-1, labels.to(logp.device).unsqueeze(-1)).squeeze(-1)
+    p = lp.exp().clamp(max=1 - 1e-6)
+    weight = mask.float() / mask.sum(dim=1, keepdim=True).clamp(min=1)
+    return (-torch.log1p(-p) * weight).sum(dim=1), (p * weight).sum(dim=1)
 
 
 @torch.no_grad()
@@ -117,11 +193,21 @@ def _full_pass(
     owner: torch.Tensor,
     zero: torch.Tensor,
     pad_id: int,
+    positions: Sequence[Sequence[int]] | None = None,
 ) -> tuple[torch.Tensor, list[torch.Tensor]]:
     """The unshifted log-probabilities of a full pass, and per row the output of ``block`` over
-    the row's own tokens (recorded on the way, for the replay)."""
+    the row's own tokens (recorded on the way, for the replay).
+
+    The log-probabilities are the last token's (n_rows, vocab), or with ``positions`` those at
+    each row's positions (n_rows, n_pos, vocab; see :func:`_forward_at_positions_with_shift`).
+    """
     with Trace(model, [block], outputs=True) as tr:
-        logp = _forward_with_shift(model, block, rows, owner, zero, pad_id)
+        if positions is None:
+            logp = _forward_with_shift(model, block, rows, owner, zero, pad_id)
+        else:
+            logp, _ = _forward_at_positions_with_shift(
+                model, block, rows, positions, owner, zero, pad_id
+            )
     h = tr.outputs[block]
     return logp, [h[i, h.shape[1] - len(r.ids) :].clone() for i, r in enumerate(rows)]
 
@@ -136,9 +222,16 @@ def _replay_matches(
     zero: torch.Tensor,
     pad_id: int,
     full: torch.Tensor,
+    positions: Sequence[Sequence[int]] | None = None,
 ) -> bool:
-    """Whether replaying the recorded block outputs gives the full pass's log-probabilities."""
-    replayed = _forward_with_shift(model, block, rows, owner, zero, pad_id, replay)
+    """Whether replaying the recorded block outputs gives the full pass's log-probabilities
+    (``positions``: as in :func:`_full_pass`)."""
+    if positions is None:
+        replayed = _forward_with_shift(model, block, rows, owner, zero, pad_id, replay)
+    else:
+        replayed, _ = _forward_at_positions_with_shift(
+            model, block, rows, positions, owner, zero, pad_id, replay
+        )
     diff = float((full - replayed).abs().max())
     if not diff <= REPLAY_TOLERANCE:
         log.warning("value optimisation: replaying the lower blocks changed the log-probabilities "
@@ -167,11 +260,16 @@ def optimise_values(
         requests: edit requests.
         target_id: the token every request's prompts must produce first.
         layer: the last edited layer (the value layer).
-        config: v_lr, v_steps, v_loss_stop, v_clamp, v_kl_weight, v_weight_decay are used.
+        config: v_lr, v_steps, v_loss_stop, v_clamp, v_kl_weight, v_weight_decay are used;
+            with ``deep``, also deep_weight and deep_p_stop (the requests must then carry
+            pre-fill and answer rows: ``build_requests(..., deep=True)``).
         pad_id: padding id.
-        max_prompts: at most this many prompts per request enter the optimisation.
+        max_prompts: at most this many prompts per request enter the optimisation (with their
+            pre-fill and answer rows).
         progress: show a progress bar.
     """
+    if config.deep and any(not req.answer_rows for req in requests):
+        raise ValueError("deep value optimisation needs requests built with deep=True")
     start = time.perf_counter()
     device = model.get_input_embeddings().weight.device
     block = f"{layout.layers_name}.{layer}"
@@ -187,7 +285,22 @@ def optimise_values(
         for row in req.kl_rows:
             kl_rows.append(row)
             kl_owner.append(r)
+    pre_rows: list[Row] = []
+    pre_owner: list[int] = []
+    ans_rows: list[AnswerRow] = []
+    ans_owner: list[int] = []
+    if config.deep:
+        for r, req in enumerate(requests):
+            for rows in req.prefill_rows[:max_prompts]:
+                pre_rows += rows
+                pre_owner += [r] * len(rows)
+            for row in req.answer_rows[:max_prompts]:
+                ans_rows.append(row)
+                ans_owner.append(r)
+    ans_positions = [r.positions for r in ans_rows]
     nll_owner_t = torch.tensor(nll_owner)
+    pre_owner_t = torch.tensor(pre_owner, dtype=torch.long)
+    ans_owner_t = torch.tensor(ans_owner, dtype=torch.long)
     kl_owner_t = torch.tensor(kl_owner, dtype=torch.long)
 
     # One unshifted full pass: the subject's own next-token distribution (KL rows), the
@@ -210,10 +323,34 @@ def optimise_values(
         full_logp,
     )  # fmt: skip
 
+    def recorded(rows: list[Row], owner: torch.Tensor, positions=None):
+        """(replay still usable, the rows' recorded block outputs) for the deep rows."""
+        full, states = _full_pass(model, block, rows, owner, zero, pad_id, positions)
+        ok = _replay_matches(
+            model, block, _Replay(blocks, layer, states), rows, owner, zero, pad_id, full, positions
+        )
+        return ok, states
+
+    # The deep rows are replayed too, once they pass the same check; otherwise nothing is.
+    pre_states: list[torch.Tensor] = []
+    ans_states: list[torch.Tensor] = []
+    if replay and pre_rows:
+        replay, pre_states = recorded(pre_rows, pre_owner_t)
+    if replay and ans_rows:
+        replay, ans_states = recorded(ans_rows, ans_owner_t, ans_positions)
+
     def forward(rows_idx: list[int], rows: list[Row], owner: torch.Tensor, states, d):
         picked = _Replay(blocks, layer, [states[i] for i in rows_idx]) if replay else None
         return _forward_with_shift(
             model, block, [rows[i] for i in rows_idx], owner[rows_idx], d, pad_id, picked
+        )
+
+    def forward_answers(rows_idx: list[int], d):
+        picked = _Replay(blocks, layer, [ans_states[i] for i in rows_idx]) if replay else None
+        rows = [ans_rows[i] for i in rows_idx]
+        positions = [ans_positions[i] for i in rows_idx]
+        return _forward_at_positions_with_shift(
+            model, block, rows, positions, ans_owner_t[rows_idx], d, pad_id, picked
         )
 
     delta = torch.zeros(n, hidden.shape[1], device=device, requires_grad=True)
@@ -221,6 +358,8 @@ def optimise_values(
     done = torch.zeros(n, dtype=torch.bool)
     steps = torch.zeros(n, dtype=torch.long)
     last_nll = torch.full((n,), float("inf"))
+    last_pre = torch.full((n,), float("inf"))
+    last_p = torch.ones(n)
     h_norm_d = h_norm.to(device)
     requires = [p.requires_grad for p in model.parameters()]
     for p in model.parameters():
@@ -231,16 +370,34 @@ def optimise_values(
             active = ~done
             rows_idx = [i for i, o in enumerate(nll_owner) if active[o]]
             logp = forward(rows_idx, nll_rows, nll_owner_t, nll_states, delta)
-            owners = nll_owner_t[rows_idx].to(device)
-            row_nll = -logp[:, target_id]
-            nll = torch.zeros(n, device=device).index_add(0, owners, row_nll)
-            counts = torch.bincount(owners, minlength=n).clamp(min=1)
-            nll = nll / counts
+            nll = _per_request_mean(-logp[:, target_id], nll_owner_t[rows_idx].to(device), n)
+            loss = nll[active.to(device)].sum()
+            pre_nll = ans_p = None
+            if pre_rows:
+                idx = [i for i, o in enumerate(pre_owner) if active[o]]
+                pre_logp = forward(idx, pre_rows, pre_owner_t, pre_states, delta)
+                pre_nll = _per_request_mean(-pre_logp[:, target_id], pre_owner_t[idx].to(device), n)
+                loss = loss + pre_nll[active.to(device)].sum()
+            if ans_rows:
+                idx = [i for i, o in enumerate(ans_owner) if active[o]]
+                ans_logp, ans_mask = forward_answers(idx, delta)
+                row_ul, row_p = _answer_unlikelihood(ans_logp, ans_mask, [ans_rows[i] for i in idx])
+                owners = ans_owner_t[idx].to(device)
+                ans_ul = _per_request_mean(row_ul, owners, n)
+                ans_p = _per_request_mean(row_p, owners, n)
+                loss = loss + config.deep_weight * ans_ul[active.to(device)].sum()
             with torch.no_grad():
                 for r in active.nonzero().flatten().tolist():
                     last_nll[r] = float(nll[r])
+                    if pre_nll is not None:
+                        last_pre[r] = float(pre_nll[r])
+                    if ans_p is not None:
+                        last_p[r] = float(ans_p[r])
                 newly = active & (last_nll < config.v_loss_stop)
-            loss = nll[active.to(device)].sum()
+                if pre_rows:
+                    newly &= last_pre < config.v_loss_stop
+                if ans_rows:
+                    newly &= last_p < config.deep_p_stop
             if kl_init is not None and config.v_kl_weight > 0:
                 kl_idx = [i for i, o in enumerate(kl_owner) if active[o]]
                 if kl_idx:
@@ -270,11 +427,25 @@ def optimise_values(
         for p, flag in zip(model.parameters(), requires, strict=True):
             p.requires_grad_(flag)
     seconds = time.perf_counter() - start
+    deep = ""
+    if pre_rows:
+        deep += f", pre-fill NLL max {float(last_pre.max()):.3f}"
+    if ans_rows:
+        deep += f", answer-token p max {float(last_p.max()):.3f}"
     log.info(
-        "target values: %d requests, %d steps max, final NLL max %.3f, %.1f s",
+        "target values: %d requests, %d steps max, final NLL max %.3f%s, %.1f s",
         n,
         int(steps.max()),
         float(last_nll.max()),
+        deep,
         seconds,
     )
-    return TargetValues(delta.detach().cpu(), hidden, last_nll, steps, seconds)
+    return TargetValues(
+        delta.detach().cpu(),
+        hidden,
+        last_nll,
+        steps,
+        seconds,
+        prefill_nll=last_pre if pre_rows else None,
+        answer_p=last_p if ans_rows else None,
+    )
