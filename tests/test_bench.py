@@ -23,6 +23,8 @@ from unierase.bench import (
 def test_methods_resolve_case_insensitively_and_reject_unknown_ones():
     assert resolve_methods(["uniERASE", "npo+gd", "GA"]) == (UNIERASE, "NPO+GD", "GA")
     assert resolve_methods([])[0] == UNIERASE and "RMU" in resolve_methods([])
+    assert "UniErase-deep" not in resolve_methods([])  # opt-in: runs only when named
+    assert resolve_methods(["uniERASE-DEEP", "GA"]) == ("UniErase-deep", "GA")
     with pytest.raises(ValueError, match="unknown baseline"):
         resolve_methods(["nope"])
     assert method_dir_name("IdkDPO+GD") == "IdkDPO_GD"
@@ -53,7 +55,7 @@ def test_bench_end_to_end(base_dir, tmp_path):
     settings = BenchSettings(
         model=str(base_dir),
         out=out,
-        methods=("UniErase", "GA", "NPO+GD"),
+        methods=("UniErase", "UniErase-deep", "GA", "NPO+GD"),
         authors=4,
         forget=1,
         questions=5,
@@ -73,7 +75,7 @@ def test_bench_end_to_end(base_dir, tmp_path):
     result = run_bench(settings, lines.append)
     results = json.loads((out / RESULTS_FILE).read_text())
     assert results == json.loads(json.dumps(result.results, default=str))
-    assert list(results["methods"]) == ["UniErase", "GA", "NPO+GD"]
+    assert list(results["methods"]) == ["UniErase", "UniErase-deep", "GA", "NPO+GD"]
     for name, record in results["methods"].items():
         assert {"metrics", "seconds", "peak_memory_bytes", "report"} <= set(record)
         assert "paper/forget_efficacy" in record["metrics"]
@@ -82,7 +84,13 @@ def test_bench_end_to_end(base_dir, tmp_path):
     assert results["methods"]["GA"]["report"]["steps"] == 2  # 5 forget QA, batches of 4
     assert (out / "methods" / "UniErase" / "model" / "config.json").is_file()
     assert results["methods"]["UniErase"]["metrics"]["tofu/forget_quality"] is not None
+    # The deep variant is the same method with Phase II's deep option, and not a baseline.
+    assert results["methods"]["UniErase"]["report"]["edit"]["deep"] is None
+    assert results["methods"]["UniErase-deep"]["report"]["edit"]["deep"]["prefills"]
+    assert (out / "methods" / "UniErase-deep" / "model" / "config.json").is_file()
     assert {"mu_ratio", "fe_gain"} <= set(results["headline"])
+    assert "UniErase" not in results["headline"].values()
+    assert "UniErase-deep" not in results["headline"].values()
     table = (out / TABLE_FILE).read_text()
     assert "| target (before) |" in table and "| NPO+GD |" in table
     assert any(line.startswith("[GA]") for line in lines)
@@ -239,6 +247,9 @@ def test_cli_bench_rejects_unknown_attacks_and_attacks_outside_batch_mode(tmp_pa
     argv = ["bench", "--attacks", "prefill", "--mode", "precise", "--out", str(tmp_path)]
     assert main(argv) == 2
     assert "batch mode only" in capsys.readouterr().out
+    argv = ["bench", "--methods", "UniErase-deep", "--mode", "sequential", "--out", str(tmp_path)]
+    assert main(argv) == 2
+    assert "UniErase-deep runs in batch mode only" in capsys.readouterr().out
 
 
 def test_cli_bench_sizes_only_the_demo_set(tmp_path, capsys):

@@ -46,6 +46,9 @@ from typing import Any
 log = logging.getLogger(__name__)
 
 UNIERASE = "UniErase"
+# UniErase with Phase II's deep option (EditConfig.deep): batch mode only, run only when named.
+UNIERASE_DEEP = "UniErase-deep"
+UNIERASE_METHODS = (UNIERASE, UNIERASE_DEEP)
 REALWORLD = "realworld"
 PRESETS = ("demo", "tofu-mini", REALWORLD)
 DEFAULT_OUT = Path("runs/bench")
@@ -155,14 +158,16 @@ def all_methods() -> tuple[str, ...]:
 
 
 def resolve_methods(names: Sequence[str]) -> tuple[str, ...]:
-    """Canonical method names (empty: every method); a ValueError names an unknown one."""
+    """Canonical method names (empty: every method but UniErase-deep, which runs only when
+    named); a ValueError names an unknown one."""
     from unierase.baselines import get_method
 
     if not names:
         return all_methods()
+    ours = {m.lower(): m for m in UNIERASE_METHODS}
     out = []
     for name in names:
-        canonical = UNIERASE if name.lower() == UNIERASE.lower() else get_method(name).name
+        canonical = ours.get(name.lower()) or get_method(name).name
         if canonical not in out:
             out.append(canonical)
     return tuple(out)
@@ -464,6 +469,8 @@ def run_bench(
         raise ValueError(f"--preset {REALWORLD} runs in batch mode only, not {settings.mode!r}")
     if settings.data is not None and not realworld:
         raise ValueError(f"--data is used by --preset {REALWORLD} only")
+    if UNIERASE_DEEP in resolve_methods(settings.methods) and settings.mode != "batch":
+        raise ValueError(f"{UNIERASE_DEEP} runs in batch mode only, not {settings.mode!r}")
     if settings.attacks and settings.mode != "batch":
         raise ValueError(f"--attacks runs in batch mode only, not {settings.mode!r}")
     if settings.mode != "batch":
@@ -585,14 +592,15 @@ def run_bench(
         directory = out_dir / "methods" / method_dir_name(name)
         t = time.perf_counter()
         with PeakMemory() as memory:
-            if name == UNIERASE:
+            if name in UNIERASE_METHODS:
+                deep = {"deep": True} if name == UNIERASE_DEEP else {}
                 report = api.unlearn(
                     target_path,
                     training.forget,
                     directory / "model",
                     retain=training.retain,
                     token_overrides=dict(settings.token_overrides),
-                    edit_overrides=dict(settings.edit_overrides),
+                    edit_overrides={**settings.edit_overrides, **deep},
                     stats_texts=settings.stats_texts,
                     seed=settings.seed,
                     progress=settings.progress,
@@ -719,7 +727,9 @@ def headline_ratios(methods: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
     baselines = {
         n: r["metrics"]
         for n, r in methods.items()
-        if n != UNIERASE and r["metrics"].get(fe) is not None and r["metrics"].get(mu) is not None
+        if n not in UNIERASE_METHODS
+        and r["metrics"].get(fe) is not None
+        and r["metrics"].get(mu) is not None
     }
     if ours.get(fe) is None or ours.get(mu) is None or not baselines:
         out["reason"] = "needs UniErase and at least one baseline with both FE and MU"

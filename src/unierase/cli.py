@@ -132,6 +132,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
+    from unierase import bench as B
     from unierase.bench import BenchSettings, resolve_methods, run_bench
     from unierase.bench_attacks import resolve_attacks
 
@@ -150,6 +151,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
         return 2
     if args.preset != "demo" and (args.authors is not None or args.questions is not None):
         _out("error: --authors and --questions size the demo preset's synthetic set only")
+        return 2
+    if B.UNIERASE_DEEP in methods and args.mode != "batch":
+        _out(f"error: {B.UNIERASE_DEEP} runs in batch mode only, not --mode {args.mode}")
         return 2
     if args.preset == "realworld" and args.mode != "batch":
         _out(f"error: --preset realworld runs in batch mode only, not --mode {args.mode}")
@@ -231,7 +235,8 @@ def _add_bench_parser(add: Callable) -> None:
         "--methods",
         help="comma-separated: UniErase and any of "
         + ", ".join(B.all_methods()[1:])
-        + " (default: all)",
+        + "; UniErase-deep (Phase II's --deep option, batch mode) runs only when named "
+        "(default: all but UniErase-deep)",
     )
     p.add_argument(
         "--mode",

@@ -32,6 +32,8 @@ from unierase.bench import (
     RESULTS_FILE,
     TABLE_COLUMNS,
     UNIERASE,
+    UNIERASE_DEEP,
+    UNIERASE_METHODS,
     headline_ratios,
     method_dir_name,
 )
@@ -137,6 +139,8 @@ def _style(name: str, index: int) -> dict[str, Any]:
         return {"marker": "o", "color": "0.45", "facecolor": "none", "size": 60}
     if name == UNIERASE:
         return {"marker": "*", "color": "#d62728", "facecolor": "#d62728", "size": 220}
+    if name == UNIERASE_DEEP:
+        return {"marker": "*", "color": "#d62728", "facecolor": "none", "size": 220}
     palette = ["#1f77b4", "#ff7f0e", "#2ca02c", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",
                "#bcbd22", "#17becf", "#393b79", "#637939"]  # fmt: skip
     colour = palette[index % len(palette)]
@@ -278,7 +282,7 @@ def _table_html(results: Mapping[str, Any]) -> str:
         memory = _num(record.get("peak_memory_bytes"))
         time_cell = "-" if seconds is None else f"{seconds:.0f}"
         memory_cell = "-" if memory is None else f"{memory / 2**20:.0f}"
-        css = ' class="unierase"' if name == UNIERASE else ""
+        css = ' class="unierase"' if name in UNIERASE_METHODS else ""
         rows.append(
             f"<tr{css}><td>{_e(name)}</td>{cells}<td>{time_cell}</td><td>{memory_cell}</td></tr>"
         )
@@ -291,7 +295,7 @@ def _attacks_html(results: Mapping[str, Any]) -> str:
     header, rows = attack_rows(block)
     lines = ["<tr>" + "".join(f"<th>{_e(h)}</th>" for h in header) + "</tr>"]
     for name, cells in rows:
-        css = ' class="unierase"' if name == UNIERASE else ""
+        css = ' class="unierase"' if name in UNIERASE_METHODS else ""
         tds = "".join(f"<td>{_e(c)}</td>" for c in cells)
         lines.append(f"<tr{css}><td>{_e(name)}</td>{tds}</tr>")
     items = block.get("items", {})
@@ -386,7 +390,7 @@ def _samples_html(run: BenchRun, n_samples: int) -> str:
                     continue
                 gen = other.get("generation")
                 text = "(not generated)" if gen is None else gen if gen.strip() else "(empty)"
-                css = ' class="unierase"' if name == UNIERASE else ""
+                css = ' class="unierase"' if name in UNIERASE_METHODS else ""
                 rows.append(f"<tr{css}><td>{_e(name)}</td><td>{_e(text)}</td></tr>")
             parts.append(
                 f"<p><b>Q:</b> {_e(q)}</p>\n<table class=\"samples\">\n" + "\n".join(rows)
