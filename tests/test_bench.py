@@ -12,6 +12,7 @@ from unierase.bench import (
     TABLE_FILE,
     UNIERASE,
     BenchSettings,
+    baseline_run_settings,
     format_table,
     headline_ratios,
     method_dir_name,
@@ -28,6 +29,77 @@ def test_methods_resolve_case_insensitively_and_reject_unknown_ones():
     with pytest.raises(ValueError, match="unknown baseline"):
         resolve_methods(["nope"])
     assert method_dir_name("IdkDPO+GD") == "IdkDPO_GD"
+
+
+def test_baseline_variants_parse_to_one_canonical_name():
+    from unierase.bench_variants import parse_variant, split_method_list
+
+    # settings in BaselineConfig's field order, values written back from their parsed form
+    assert resolve_methods(["ga[ lr = 3e-5 , epochs=3 ]"]) == ("GA[epochs=3,lr=3e-05]",)
+    two_spellings = ["GA[epochs=3,lr=3e-5]", "GA[lr=0.00003,epochs=3]", "GA", "npo+gd[lr=1e-4]"]
+    assert resolve_methods(two_spellings) == ("GA[epochs=3,lr=3e-05]", "GA", "NPO+GD[lr=0.0001]")
+    assert resolve_methods(["GD[]"]) == ("GD",)  # no settings: the plain baseline
+    method, settings = parse_variant("IDK+AP[cpu=true,rmu_layer=none,refusals=No idea.|Not sure.]")
+    assert method == "IDK+AP"
+    assert settings == {"cpu": True, "refusals": ("No idea.", "Not sure."), "rmu_layer": None}
+    assert list(settings) == ["cpu", "refusals", "rmu_layer"]  # field order
+    assert split_method_list(" UniErase, GA[lr=1e-5,epochs=3] ,NPO+GD,") == [
+        "UniErase",
+        "GA[lr=1e-5,epochs=3]",
+        "NPO+GD",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("names", "message"),
+    [
+        (
+            ["GA[learning_rate=1e-5]"],
+            "unknown BaselineConfig field 'learning_rate'; valid: epochs, lr",
+        ),
+        (["GA[epochs=2.5]"], "epochs takes an integer, not '2.5'"),
+        (["GA[lr=fast]"], "lr takes a finite number, not 'fast'"),
+        (["GA[cpu=maybe]"], "cpu takes true or false"),
+        (["GA[lr=0]"], "lr must be > 0"),  # BaselineConfig's own checks, before any model loads
+        (["GA[lr=1e-5,lr=2e-5]"], "lr is set twice"),
+        (["GA[lr]"], "'lr' is not field=value"),
+        (["GA[lr=1e-5]x"], "malformed method variant"),
+        (["nope[lr=1e-5]"], "unknown baseline 'nope'"),
+        (["UniErase[lr=1e-5]"], r"UniErase takes no \[settings\] variants"),
+        (["uniErase-DEEP[lr=1e-5]"], r"UniErase-deep takes no \[settings\] variants"),
+    ],
+)
+def test_baseline_variants_reject_bad_settings_clearly(names, message):
+    with pytest.raises(ValueError, match=message):
+        resolve_methods(names)
+
+
+def test_method_lists_with_unbalanced_brackets_are_rejected():
+    from unierase.bench_variants import split_method_list
+
+    for text, message in [("GA[lr=1e-5,GD", "unclosed"), ("GA],GD", "without"),
+                          ("GA[lr=[1]]", "nested")]:  # fmt: skip
+        with pytest.raises(ValueError, match=message):
+            split_method_list(text)
+
+
+def test_variant_directory_names_and_settings_precedence():
+    assert method_dir_name("NPO+GD") == "NPO_GD"
+    assert method_dir_name("NPO+GD[epochs=3,lr=3e-05]") == "NPO_GD__epochs=3__lr=3e-05"
+    assert method_dir_name("IDK+AP[refusals=No idea.|Not sure.]") == (
+        "IDK_AP__refusals=No-idea.-Not-sure."
+    )
+    settings = BenchSettings(seed=3, baseline_overrides={"epochs": 1, "lr": 1e-3})
+    assert baseline_run_settings("GA[lr=1e-4]", settings) == (
+        "GA",
+        {"lr": 1e-4},
+        {"seed": 3, "epochs": 1, "lr": 1e-4},  # the variant's own settings win
+    )
+    assert baseline_run_settings("GD", settings, seed=7) == (
+        "GD",
+        {},
+        {"seed": 7, "epochs": 1, "lr": 1e-3},
+    )
 
 
 def _metrics(fe, mu):
@@ -94,6 +166,174 @@ def test_bench_end_to_end(base_dir, tmp_path):
     table = (out / TABLE_FILE).read_text()
     assert "| target (before) |" in table and "| NPO+GD |" in table
     assert any(line.startswith("[GA]") for line in lines)
+
+
+def _tune_script():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "tune_baselines.py"
+    spec = importlib.util.spec_from_file_location("tune_baselines", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_bench_runs_two_variants_of_one_baseline(base_dir, tmp_path, capsys):
+    from unierase.bench_tuning import TUNING_JSON, TUNING_MD, tuning_summary
+
+    out = tmp_path / "bench"
+    settings = BenchSettings(
+        model=str(base_dir), out=out, methods=("GA[lr=1e-3]", "ga[epochs=2,lr=1e-2]"),
+        authors=4, forget=1, questions=5, forget_items=5, retain_items=4, probe_items=3,
+        max_new_tokens=4, probe_max_new_tokens=2, embedding_model="none",
+        finetune_overrides={"epochs": 1, "lr": 1e-3}, baseline_overrides={"epochs": 1, "lr": 5e-4},
+        retain_model=False, progress=False,
+    )  # fmt: skip
+    lines: list[str] = []
+    run_bench(settings, lines.append)
+    results = json.loads((out / RESULTS_FILE).read_text())
+    assert list(results["methods"]) == ["GA[lr=0.001]", "GA[epochs=2,lr=0.01]"]
+    first, second = results["methods"].values()
+    assert first["variant"] == {"method": "GA", "settings": {"lr": 0.001}}
+    assert second["variant"] == {"method": "GA", "settings": {"epochs": 2, "lr": 0.01}}
+    # the variant's settings win over baseline_overrides; the report records what ran
+    assert (first["report"]["config"]["lr"], first["report"]["config"]["epochs"]) == (0.001, 1)
+    assert (second["report"]["config"]["lr"], second["report"]["config"]["epochs"]) == (0.01, 2)
+    assert (first["report"]["steps"], second["report"]["steps"]) == (2, 4)  # 5 QA, batches of 4
+    for name in results["methods"]:
+        assert (out / "methods" / method_dir_name(name) / "eval" / "summary.json").is_file()
+    assert (out / "methods" / "GA__epochs=2__lr=0.01" / "eval").is_dir()
+    assert "| GA[epochs=2,lr=0.01] |" in (out / TABLE_FILE).read_text()
+    assert any(line.startswith("[GA[lr=0.001]]") for line in lines)
+    # the tuning script reads the finished run (no model) and writes its files next to it
+    summary = tuning_summary(results)
+    assert [p["name"] for p in summary["methods"]["GA"]["points"]] == list(results["methods"])
+    assert summary["methods"]["GA"]["chosen"]["name"] in results["methods"]
+    keep = tmp_path / "kept"
+    assert _tune_script().write_tuning(out, keep) == summary
+    assert json.loads((out / TUNING_JSON).read_text()) == json.loads(json.dumps(summary))
+    assert "| GA | lr=0.001 |" in (out / TUNING_MD).read_text()
+    assert sorted(f.name for f in keep.iterdir()) == sorted(
+        [RESULTS_FILE, TABLE_FILE, TUNING_JSON, TUNING_MD]
+    )
+    assert "Baseline tuning" in capsys.readouterr().out
+
+
+def _point(method, settings, fe, mu, lr=1e-5):
+    return {
+        "metrics": {"paper/forget_efficacy": fe, "paper/model_utility": mu, "forget/rouge": 0.2,
+                    "general/accuracy": 0.5},
+        "seconds": 12.0,
+        "report": {"config": {"lr": lr, "epochs": 5}},
+        "variant": {"method": method, "settings": settings},
+    }  # fmt: skip
+
+
+def _hand_results():
+    return {
+        "target": {"metrics": {"paper/forget_efficacy": 0.3, "paper/model_utility": 0.5}},
+        "methods": {
+            UNIERASE: _metrics(0.95, 0.5),  # not a grid point
+            "GA[lr=1e-05]": _point("GA", {"lr": 1e-5}, 0.4, 0.48),
+            "GA[lr=3e-05]": _point("GA", {"lr": 3e-5}, 0.7, 0.46, 3e-5),  # keeps >= 0.45: chosen
+            "GA[lr=0.0001]": _point("GA", {"lr": 1e-4}, 0.9, 0.2, 1e-4),  # forgets most, no MU
+            "NPO+GD[lr=1e-05]": _point("NPO+GD", {"lr": 1e-5}, 0.5, 0.3),
+            "NPO+GD[lr=3e-05]": _point("NPO+GD", {"lr": 3e-5}, 0.8, 0.1, 3e-5),
+            "GD": {**_metrics(0.6, 0.6), "report": {"config": {"lr": 1e-5, "epochs": 5}}},
+            "RMU[lr=0.0001]": _metrics(0.5, 0.5),  # a run from before "variant" was recorded
+        },
+    }
+
+
+def test_tuning_rule_by_hand(tmp_path):
+    from unierase.bench_tuning import (
+        NO_POINT_KEEPS_MU,
+        choose_setting,
+        format_tuning,
+        tuning_summary,
+    )
+
+    results = _hand_results()
+    summary = tuning_summary(results)
+    assert summary["target"] == {"fe": 0.3, "mu": 0.5, "mu_floor": pytest.approx(0.45)}
+    assert list(summary["methods"]) == ["GA", "NPO+GD", "GD", "RMU"]
+    ga = summary["methods"]["GA"]
+    assert [p["name"] for p in ga["points"]] == ["GA[lr=1e-05]", "GA[lr=3e-05]", "GA[lr=0.0001]"]
+    assert ga["points"][1] == {"name": "GA[lr=3e-05]", "settings": {"lr": 3e-5}, "lr": 3e-5,
+                               "epochs": 5, "fe": 0.7, "mu": 0.46, "forget_rouge": 0.2,
+                               "probe_accuracy": 0.5, "seconds": 12.0}  # fmt: skip
+    assert ga["chosen"] == {"name": "GA[lr=3e-05]", "settings": {"lr": 3e-5}, "keeps_mu": True,
+                            "note": None}  # fmt: skip
+    # no NPO+GD point keeps 0.9 x the target's MU: the one with the highest MU, marked
+    npo = summary["methods"]["NPO+GD"]["chosen"]
+    assert (npo["name"], npo["keeps_mu"], npo["note"]) == ("NPO+GD[lr=1e-05]", False,
+                                                           NO_POINT_KEEPS_MU)  # fmt: skip
+    assert summary["methods"]["GD"]["points"][0]["settings"] == {}  # the defaults
+    assert summary["methods"]["RMU"]["points"][0]["settings"] == {"lr": "0.0001"}
+    assert "0.9 x the target model's MU" in summary["rule"]
+
+    # ties: the higher MU, then the earlier point
+    a, b, c = ({"name": n, "settings": {}, "fe": 0.5, "mu": mu} for n, mu in
+               (("a", 0.5), ("b", 0.6), ("c", 0.6)))  # fmt: skip
+    assert choose_setting([a, b, c], target_mu=0.5)["name"] == "b"
+    assert (
+        choose_setting([{"name": "x", "settings": {}, "fe": None, "mu": 0.4}], 0.5)["name"] is None
+    )
+
+    table = format_tuning(summary)
+    assert "| GA | lr=3e-05 | 0.700 | 0.460 |  |" in table
+    assert f"| NPO+GD | lr=1e-05 | 0.500 | 0.300 | {NO_POINT_KEEPS_MU} |" in table
+    assert "| GD | defaults | 1e-05 | 5 | 0.600 | 0.600 |" in table
+    assert table.count("**yes**") == 4
+
+    with pytest.raises(ValueError, match="no MU"):
+        tuning_summary({"target": {"metrics": {}}, "methods": results["methods"]})
+    with pytest.raises(ValueError, match="no baseline"):
+        tuning_summary({**results, "methods": {UNIERASE: _metrics(0.9, 0.5)}})
+
+    # --from-run: the choice redone from a finished run's results.json, no model
+    (tmp_path / RESULTS_FILE).write_text(json.dumps(results))
+    script = _tune_script()
+    script.main(["--from-run", str(tmp_path)])
+    assert (
+        json.loads((tmp_path / "tuning.json").read_text())["methods"]["GA"]["chosen"]
+        == (ga["chosen"])
+    )
+    assert script.grid(["GA", "NPO+GD"], [1e-5, 1e-4], [3]) == [
+        "GA[lr=1e-05,epochs=3]", "GA[lr=0.0001,epochs=3]",
+        "NPO+GD[lr=1e-05,epochs=3]", "NPO+GD[lr=0.0001,epochs=3]",
+    ]  # fmt: skip
+    assert resolve_methods(script.grid(["GA"], [3e-5], [])) == ("GA[lr=3e-05]",)
+    assert resolve_methods(script.grid(["RMU[retain_weight=10]"], [3e-5], [])) == (
+        "RMU[lr=3e-05,retain_weight=10.0]",
+    )
+
+
+def test_tune_script_runs_the_whole_grid_as_one_bench_run(monkeypatch, tmp_path):
+    import unierase.bench as B
+
+    seen = []
+
+    def fake_run_bench(settings, out):
+        seen.append(settings)
+        settings.out.mkdir(parents=True, exist_ok=True)
+        (settings.out / RESULTS_FILE).write_text(json.dumps(_hand_results()))
+
+    monkeypatch.setattr(B, "run_bench", fake_run_bench)
+    out = tmp_path / "tune"
+    _tune_script().main(["--quick", "--out", str(out), "--seed", "3", "--no-retain-model"])
+    (s,) = seen
+    assert s.methods == tuple(f"{m}[epochs=1,lr={lr}]" for m in ("GA", "GD")
+                              for lr in ("1e-05", "3e-05", "0.0001"))  # fmt: skip
+    assert (s.authors, s.forget_items, s.embedding_model, s.seed) == (4, 5, "none", 3)
+    assert not s.retain_model and s.out == out
+    assert (out / "tiny-model" / "config.json").is_file() and s.model == str(out / "tiny-model")
+    assert (out / "tuning.json").is_file() and (out / "tuning.md").is_file()
+
+    with pytest.raises(SystemExit, match="unknown BaselineConfig field"):
+        _tune_script().main(["--methods", "GA[nope=1]", "--out", str(out)])
+    assert len(seen) == 1  # a bad grid stops before the run
 
 
 def _row(attack, u, r, b, rec=None):
@@ -226,6 +466,17 @@ def test_cli_bench_options_reach_the_settings(monkeypatch, tmp_path):
     assert (s.authors, s.questions) == (10, 10)  # the demo set's defaults when not given
 
     seen.clear()
+    argv = [
+        "bench",
+        "--methods",
+        "GA[lr=3e-5,epochs=3], GD,NPO+GD[lr=1e-4]",
+        "--out",
+        str(tmp_path),
+    ]
+    assert main(argv) == 0
+    assert seen["s"].methods == ("GA[epochs=3,lr=3e-05]", "GD", "NPO+GD[lr=0.0001]")
+
+    seen.clear()
     assert main(["bench", "--out", str(tmp_path), "--authors", "14", "--questions", "6"]) == 0
     assert (seen["s"].authors, seen["s"].questions) == (14, 6)
     assert seen["s"].attacks == ()  # no attacks unless asked
@@ -264,6 +515,10 @@ def test_cli_bench_rejects_an_unknown_method(tmp_path, capsys):
 
     assert main(["bench", "--methods", "nope", "--out", str(tmp_path)]) == 2
     assert "unknown baseline" in capsys.readouterr().out
+    assert main(["bench", "--methods", "GA,UniErase[lr=1e-5]", "--out", str(tmp_path)]) == 2
+    assert "UniErase takes no [settings] variants" in capsys.readouterr().out
+    assert main(["bench", "--methods", "GA[lr=1e-5,GD", "--out", str(tmp_path)]) == 2
+    assert "unclosed" in capsys.readouterr().out
 
 
 def test_cli_bench_rejects_a_learning_rate_that_is_not_positive(tmp_path, capsys):

@@ -15,7 +15,10 @@ Stages:
 3. ``[eval]``     the target model and the retain model (the retain model's forget truth ratios
                   are the reference of TOFU's forget quality);
 4. one stage per method: UniErase (``api.unlearn``) or a baseline (``baselines.run_baseline``)
-                  on the target model, then the same evaluation; wall time and peak memory;
+                  on the target model, then the same evaluation; wall time and peak memory. A
+                  baseline variant (``GA[lr=3e-5]``, ``unierase.bench_variants``) is a method
+                  of its own, so one run can compare settings of a baseline (a tuning grid:
+                  ``benchmarks/tune_baselines.py``);
 5. the outputs: ``results.json`` (every metric of every method, its time and memory),
    ``table.md`` and, per method, the evaluation records under ``methods/<name>/eval``.
 
@@ -91,7 +94,9 @@ class BenchSettings:
         out: output directory.
         preset: "demo" (synthetic authors, like ``unierase demo``), "tofu-mini" or "realworld"
             (well-known people the base model already knows; no fine-tune).
-        methods: "UniErase" and baseline names (``unierase.baselines.METHODS``), in order.
+        methods: "UniErase" and baseline names (``unierase.baselines.METHODS``), in order; a
+            baseline variant (``GA[lr=3e-5]``, ``unierase.bench_variants``) is a method of its
+            own, its settings applied over ``baseline_overrides``.
         tofu_dir: the TOFU files for "tofu-mini".
         authors, forget, questions: the demo preset's synthetic set; ``forget`` is also the
             number of people realworld forgets.
@@ -102,7 +107,8 @@ class BenchSettings:
         max_new_tokens, probe_max_new_tokens: generation budgets of the evaluation.
         embedding_model: sentence encoder for the evaluation ("default", a directory, "none").
         finetune_overrides: FinetuneConfig fields for the target and retain models.
-        baseline_overrides: BaselineConfig fields applied to every baseline.
+        baseline_overrides: BaselineConfig fields applied to every baseline (a variant's own
+            settings win).
         token_overrides, edit_overrides, stats_texts: passed to ``api.unlearn``.
         retain_model: fine-tune and evaluate a retain model (TOFU's forget quality needs it).
         threads: torch CPU threads (None: torch's default).
@@ -159,23 +165,51 @@ def all_methods() -> tuple[str, ...]:
 
 def resolve_methods(names: Sequence[str]) -> tuple[str, ...]:
     """Canonical method names (empty: every method but UniErase-deep, which runs only when
-    named); a ValueError names an unknown one."""
-    from unierase.baselines import get_method
+    named), duplicates dropped; a ValueError names an unknown one.
+
+    A baseline may carry its own settings, ``GA[lr=3e-5,epochs=3]``
+    (``unierase.bench_variants``): each such variant is a method of its own, named canonically
+    (``GA[epochs=3,lr=3e-05]``).
+    """
+    from unierase.bench_variants import canonical_variant, split_variant_text
 
     if not names:
         return all_methods()
     ours = {m.lower(): m for m in UNIERASE_METHODS}
     out = []
     for name in names:
-        canonical = ours.get(name.lower()) or get_method(name).name
+        head, settings = split_variant_text(name)
+        if head.lower() in ours and settings is not None:
+            raise ValueError(
+                f"{name!r}: {ours[head.lower()]} takes no [settings] variants (only the "
+                "baselines do); its settings are the run's Phase I and Phase II overrides"
+            )
+        canonical = ours.get(name.lower()) or canonical_variant(name)
         if canonical not in out:
             out.append(canonical)
     return tuple(out)
 
 
 def method_dir_name(name: str) -> str:
-    """A file-system name for a method ("NPO+GD" -> "NPO_GD")."""
-    return name.replace("+", "_")
+    """A file-system name for a method ("NPO+GD" -> "NPO_GD", "GA[epochs=3,lr=3e-05]" ->
+    "GA__epochs=3__lr=3e-05")."""
+    from unierase.bench_variants import variant_dir_name
+
+    return variant_dir_name(name)
+
+
+def baseline_run_settings(
+    name: str, settings: BenchSettings, seed: int | None = None
+) -> tuple[str, dict[str, Any], dict[str, Any]]:
+    """How the baseline or variant ``name`` runs: (its registry name, the variant's own settings
+    ({} for a plain baseline), the ``run_baseline`` overrides). The overrides are the seed
+    (``settings.seed`` unless given), then ``settings.baseline_overrides``, then the variant's
+    own settings, which win."""
+    from unierase.bench_variants import parse_variant
+
+    method, own = parse_variant(name)
+    seed = settings.seed if seed is None else seed
+    return method, own, {"seed": seed, **settings.baseline_overrides, **own}
 
 
 # ----------------------------------------------------------------------------- measuring
@@ -591,6 +625,7 @@ def run_bench(
     for name in methods:
         directory = out_dir / "methods" / method_dir_name(name)
         t = time.perf_counter()
+        variant = None  # a baseline's registry name and its own settings ({} for plain ones)
         with PeakMemory() as memory:
             if name in UNIERASE_METHODS:
                 deep = {"deep": True} if name == UNIERASE_DEEP else {}
@@ -610,16 +645,18 @@ def run_bench(
                 from unierase.baselines import run_baseline
 
                 model, tokenizer = unierase.load(target_path)
+                method, own, overrides = baseline_run_settings(name, settings)
                 model, baseline = run_baseline(
-                    name,
+                    method,
                     model,
                     tokenizer,
                     training.forget,
                     training.retain,
                     progress=settings.progress,
-                    **{"seed": settings.seed, **settings.baseline_overrides},
+                    **overrides,
                 )
                 report = baseline.to_dict()
+                variant = {"method": method, "settings": own}
         seconds = time.perf_counter() - t
         result = evaluate(model, tokenizer, name, directory / "eval", reference)
         results["methods"][name] = {
@@ -628,6 +665,7 @@ def run_bench(
             "peak_memory_bytes": memory.peak_bytes,
             "peak_memory_kind": memory.kind,
             "report": report,
+            **({"variant": variant} if variant is not None else {}),
         }
         m = result.summary["metrics"]
         out(_status(name, f"FE {_fmt(m.get('paper/forget_efficacy'))}, MU "

@@ -53,6 +53,7 @@ from unierase.bench import (
     _fmt,
     _status,
     _training_data,
+    baseline_run_settings,
     method_dir_name,
     resolve_methods,
 )
@@ -536,14 +537,17 @@ def run_sequential(settings: BenchSettings, out: Callable[[str], None]) -> Bench
 
                     if model is None:
                         model, tokenizer = unierase.load(setup.target)
+                    method, _own, overrides = baseline_run_settings(
+                        name, settings, seed=settings.seed + r - 1
+                    )
                     model, baseline = run_baseline(
-                        name,
+                        method,
                         model,
                         tokenizer,
                         items,
                         plan.retain,
                         progress=settings.progress,
-                        **{"seed": settings.seed + r - 1, **settings.baseline_overrides},
+                        **overrides,
                     )
                     report_dict = baseline.to_dict()
             seconds = time.perf_counter() - t
@@ -858,14 +862,15 @@ def run_precise(settings: BenchSettings, out: Callable[[str], None]) -> BenchRes
 
                     model, tokenizer = unierase.load(setup.target)
                     retain = [it for it in setup.pool if it.group != item.group]
+                    method, _own, overrides = baseline_run_settings(name, settings)
                     model, baseline = run_baseline(
-                        name,
+                        method,
                         model,
                         tokenizer,
                         [item],
                         retain,
                         progress=settings.progress,
-                        **{"seed": settings.seed, **settings.baseline_overrides},
+                        **overrides,
                     )
                     rep = baseline.to_dict()
             seconds = time.perf_counter() - t

@@ -135,10 +135,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from unierase import bench as B
     from unierase.bench import BenchSettings, resolve_methods, run_bench
     from unierase.bench_attacks import resolve_attacks
+    from unierase.bench_variants import split_method_list
 
-    methods = tuple(m.strip() for m in args.methods.split(",") if m.strip()) if args.methods else ()
     try:
-        methods = resolve_methods(methods)
+        methods = resolve_methods(split_method_list(args.methods or ""))
         attacks = resolve_attacks(args.attacks or "")
     except ValueError as err:
         _out(f"error: {err}")
@@ -235,7 +235,9 @@ def _add_bench_parser(add: Callable) -> None:
         "--methods",
         help="comma-separated: UniErase and any of "
         + ", ".join(B.all_methods()[1:])
-        + "; UniErase-deep (Phase II's --deep option, batch mode) runs only when named "
+        + "; UniErase-deep (Phase II's --deep option, batch mode) runs only when named; a "
+        "baseline with its own BaselineConfig settings is a method of its own, "
+        "e.g. 'GA[lr=3e-5,epochs=3],GA[lr=1e-4]' (they win over --baseline-epochs/-lr) "
         "(default: all but UniErase-deep)",
     )
     p.add_argument(
