@@ -324,6 +324,8 @@ def from_sequential_run(run_dir: Path) -> dict[str, Any]:
         out["methods"][name] = {
             "mu": [r.get("mu") for r in rounds],
             "fe_by_round_after_last": rounds[-1].get("fe_by_round") if rounds else None,
+            # after round i (row i), the FE of round j's questions (column j <= i)
+            "fe_by_round": [r.get("fe_by_round") for r in rounds],
             "fe_earlier": [r.get("fe_earlier") for r in rounds],
             "seconds": [round(r.get("seconds", 0.0), 1) for r in rounds],
             "mu_share_of_start": round(last / start, 3) if last and start else None,
@@ -423,6 +425,18 @@ def markdown(result: dict[str, Any]) -> str:
             mus = ", ".join("-" if v is None else f"{v:.3f}" for v in m["mu"])
             lines.append(_row([name, mus, m["mu_share_of_start"]]))
         lines.append("")
+        for name, m in q["methods"].items():
+            grid = [row for row in m.get("fe_by_round") or [] if row]
+            if not grid:
+                continue
+            n = len(grid)
+            lines += [f"{name}: FE of each round's questions (columns) after each round (rows)", "",
+                      "| after round | " + " | ".join(str(j) for j in range(1, n + 1)) + " |",
+                      "|---|" + "---|" * n]  # fmt: skip
+            for i, row in enumerate(grid, 1):
+                cells = [f"{v:.3f}" if v is not None else "-" for v in row]
+                lines.append(_row([i, *cells, *["" for _ in range(n - len(cells))]]))
+            lines.append("")
     e = result.get("estimate")
     if e:
         lines += ["Paper scale (Llama-3.1-8B, 5 x 4096 x 14336), derived:", ""]
@@ -438,6 +452,12 @@ def plot(result: dict[str, Any], path: Path) -> bool:
     except ImportError:
         return False
     panels = [k for k in ("phase1", "phase2", "sequential") if result.get(k)]
+    q = result.get("sequential") or {}
+    fe_grids = {
+        n: m["fe_by_round"] for n, m in q.get("methods", {}).items() if m.get("fe_by_round")
+    }
+    if fe_grids:
+        panels.append("sequential_fe")
     if not panels:
         return False
     fig = Figure(figsize=(5 * len(panels), 4), layout="constrained")
@@ -456,8 +476,19 @@ def plot(result: dict[str, Any], path: Path) -> bool:
             ax.set(xscale="log", yscale="log", xlabel="edit requests", ylabel="seconds",
                    title="Phase II (statistics cached)")  # fmt: skip
             ax.legend()
+        elif key == "sequential_fe":
+            # One line per round's questions, from the round they were forgotten on; the
+            # first method's (UniErase's when it ran) only, so the lines stay readable.
+            name, grid = next(iter(fe_grids.items()))
+            n = len(grid)
+            for j in range(n):
+                xs = [i + 1 for i in range(j, n) if grid[i] and len(grid[i]) > j]
+                ys = [grid[i][j] for i in range(j, n) if grid[i] and len(grid[i]) > j]
+                ax.plot(xs, ys, "o-", ms=3, label=f"round {j + 1}'s")
+            ax.set(xlabel="after round", ylabel="FE", ylim=(0, 1),
+                   title=f"{name}: FE of each round's questions")  # fmt: skip
+            ax.legend(fontsize=6, ncol=2)
         else:
-            q = result["sequential"]
             for name, m in q["methods"].items():
                 ax.plot(range(1, len(m["mu"]) + 1), m["mu"], "o-", label=name)
             if q.get("start_mu"):
