@@ -270,7 +270,7 @@ def test_tuning_rule_by_hand(tmp_path):
     assert (npo["name"], npo["keeps_mu"], npo["note"]) == ("NPO+GD[lr=1e-05]", False,
                                                            NO_POINT_KEEPS_MU)  # fmt: skip
     assert summary["methods"]["GD"]["points"][0]["settings"] == {}  # the defaults
-    assert summary["methods"]["RMU"]["points"][0]["settings"] == {"lr": "0.0001"}
+    assert summary["methods"]["RMU"]["points"][0]["settings"] == {"lr": 0.0001}  # parsed
     assert "0.9 x the target model's MU" in summary["rule"]
 
     # ties: the higher MU, then the earlier point

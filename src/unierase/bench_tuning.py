@@ -18,7 +18,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from unierase.bench import UNIERASE_METHODS, _fmt
-from unierase.bench_variants import format_value, split_variant_text
+from unierase.bench_variants import format_value, parse_variant
 
 FORMAT = "unierase-tuning/1"
 TUNING_JSON, TUNING_MD = "tuning.json", "tuning.md"
@@ -44,13 +44,6 @@ POINT_METRICS = (
 )
 
 
-def _settings_from_name(name: str) -> dict[str, str]:
-    """A variant's settings as written in its name (runs from before ``variant`` was recorded)."""
-    _head, inner = split_variant_text(name)
-    pairs = (p.partition("=") for p in (inner or "").split(",") if p.strip())
-    return {k.strip(): v.strip() for k, _eq, v in pairs}
-
-
 def grid_points(results: Mapping[str, Any]) -> dict[str, list[dict[str, Any]]]:
     """Every baseline record of a bench ``results`` dict as a grid point, grouped by the
     baseline's registry name, in run order.
@@ -63,10 +56,10 @@ def grid_points(results: Mapping[str, Any]) -> dict[str, list[dict[str, Any]]]:
     for name, record in results["methods"].items():
         if name in UNIERASE_METHODS:
             continue
-        variant = record.get("variant") or {
-            "method": split_variant_text(name)[0],
-            "settings": _settings_from_name(name),
-        }
+        variant = record.get("variant")
+        if variant is None:  # a run from before ``variant`` was recorded: the name says it
+            method, settings = parse_variant(name)
+            variant = {"method": method, "settings": settings}
         config = (record.get("report") or {}).get("config") or {}
         metrics = record.get("metrics") or {}
         grid.setdefault(variant["method"], []).append(
