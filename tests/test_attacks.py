@@ -395,6 +395,24 @@ def test_summary_is_recomputed_from_records_and_written(tmp_path, taught_result,
         write_run(tmp_path, models, CONFIG)
 
 
+def test_recovery_needs_a_ceiling_clearly_above_the_floor():
+    from unierase.attacks.run import MIN_RECOVERY_GAP
+
+    def result(rouge):
+        return {"attacks": {"prefill": {"rouge": rouge, "p_answer": rouge / 2}}}
+
+    wide = compare({"unlearned": result(0.3), "retain": result(0.1), "before": result(0.9)})[0]
+    assert wide["recovery"] == pytest.approx(0.25) and wide["above_floor"] == pytest.approx(0.2)
+    # a ceiling barely above the floor: the ratio would be noise (0.1 / 0.02 = 5), so none
+    floor = 0.4
+    narrow = {"unlearned": result(floor + 0.1), "retain": result(floor),
+              "before": result(floor + MIN_RECOVERY_GAP / 5)}  # fmt: skip
+    row = compare(narrow)[0]
+    assert "recovery" not in row and row["above_floor"] == pytest.approx(0.1)
+    # no ceiling at all: the excess over the floor still stands
+    assert compare({"unlearned": result(0.2), "retain": result(0.3)})[0]["above_floor"] < 0
+
+
 def test_answer_records_score_the_answer_after_the_prefill(taught):
     model, tok = taught
     ctx = AttackContext(config=CONFIG, token_id=None)

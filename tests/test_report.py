@@ -110,8 +110,10 @@ def test_report_says_which_method_leaks_least_when_the_run_attacked(run_dir):
     results = json.loads((run_dir / RESULTS_FILE).read_text())
 
     def entry(rouge, recovery):
-        cells = {"rouge": rouge, "p_answer": rouge / 2, "recovery": recovery}
-        return {"attacks": {"prefill": cells}, "mean_recovery": recovery, "mean_rouge": rouge}
+        cells = {"rouge": rouge, "p_answer": rouge / 2, "above_floor": rouge - 0.0625,
+                 "recovery": recovery}  # fmt: skip
+        return {"attacks": {"prefill": cells}, "mean_recovery": recovery, "mean_rouge": rouge,
+                "mean_above_floor": rouge - 0.0625}  # fmt: skip
 
     methods = {"UniErase": entry(0.125, 0.0625), "GA": entry(0.25, 0.25)}
     results["attacks"] = {
@@ -119,6 +121,7 @@ def test_report_says_which_method_leaks_least_when_the_run_attacked(run_dir):
         "items": {"forget": 4, "retain": 3},
         "ceiling": {"prefill": {"rouge": 0.875, "p_answer": 0.5}},
         "floor": {"prefill": {"rouge": 0.0625, "p_answer": 0.03}},
+        "min_recovery_gap": 0.1,
         "methods": methods,
         "least_leaking": least_leaking(methods),
     }
@@ -126,8 +129,9 @@ def test_report_says_which_method_leaks_least_when_the_run_attacked(run_dir):
     page = write_report(run_dir).read_text("utf-8")
     section = page.split("<h2>Attacks</h2>")[1].split("<h2>")[0]
     assert "least leaking: UniErase (mean recovery 0.062 over prefill)" in section
-    assert "<td>target (ceiling)</td><td>0.88 / 0.50</td><td>-</td>" in section
-    assert "<td>GA</td><td>0.25 / 0.12, rec 0.25</td><td>0.25</td>" in section
+    assert "<td>target (ceiling)</td><td>0.88 / 0.50</td><td>-</td><td>-</td>" in section
+    assert "<td>GA</td><td>0.25 / 0.12, rec 0.25</td><td>+0.19</td><td>0.25</td>" in section
+    assert "at least 0.1 above the floor" in section
 
 
 def test_report_rerenders_byte_identically(run_dir, tmp_path):

@@ -13,9 +13,10 @@ Files: the references' records and summaries in ``target/attacks`` and
 :func:`unierase.attacks.write_run` with the references' summaries beside the method's (their
 records stay in the references' directories), so that ``summary.json`` holds the comparison
 and its recovery. ``results.json`` gets the block of :func:`attack_block`: per method and attack
-the forget ROUGE-L recall, the answer probability and the recovery ``(method - floor) /
-(ceiling - floor)`` (:func:`unierase.attacks.compare`), each method's mean recovery, and the
-method that leaks least.
+the forget ROUGE-L recall, the answer probability, the excess over the floor ``method - floor``
+and the recovery ``(method - floor) / (ceiling - floor)`` (:func:`unierase.attacks.compare`;
+none where the ceiling is less than ``MIN_RECOVERY_GAP`` above the floor, since the ratio is
+then noise), each method's means, and the method that leaks least.
 
 This module imports torch only inside its functions, so ``unierase.report`` can format an
 attack block without it.
@@ -34,7 +35,9 @@ METHOD_ROLE, FLOOR_ROLE, CEILING_ROLE = "unlearned", "retain", "before"
 NOT_LEAKAGE = ("token_injection", "membership")
 NOTES = (
     "cells: forget ROUGE-L recall / teacher-forced answer probability; rec: recovery = "
-    "(method - floor) / (ceiling - floor), 0 = no more than the retain model, 1 = all back",
+    "(method - floor) / (ceiling - floor), 0 = no more than the retain model, 1 = all back, "
+    "given only where the ceiling is at least {gap} above the floor; mean above floor: the "
+    "method's ROUGE-L recall minus the floor's, averaged over the leakage attacks",
     "token_injection: kept (retain) answers with the token's text typed in (not leakage); "
     "membership: Min-K% AUC, forget against holdout",
 )
@@ -76,29 +79,33 @@ def _cells(row: Mapping[str, Any], role: str) -> dict[str, Any]:
 def method_entry(comparison: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     """A method's part of the attack block from its comparison rows (unlearned = the method).
 
-    ``attacks``: per attack its ROUGE-L recall, answer probability and recovery (None where
-    :func:`unierase.attacks.compare` gives none: no floor, a ceiling not above the floor, or an
-    attack that is not about leakage); ``mean_recovery`` and ``mean_rouge`` over the leakage
-    attacks that have one.
+    ``attacks``: per attack its ROUGE-L recall, answer probability, ``above_floor`` and
+    recovery (None where :func:`unierase.attacks.compare` gives none: no floor, a ceiling less
+    than ``MIN_RECOVERY_GAP`` above the floor, or an attack that is not about leakage);
+    ``mean_recovery``, ``mean_above_floor`` and ``mean_rouge`` over the leakage attacks that
+    have one.
     """
     attacks = {}
     for row in comparison:
         cells = _cells(row, METHOD_ROLE)
         if row["attack"] != "membership":
+            cells["above_floor"] = row.get("above_floor")
             cells["recovery"] = row.get("recovery")
         attacks[row["attack"]] = cells
     leakage = [a for name, a in attacks.items() if name not in NOT_LEAKAGE]
     return {
         "attacks": attacks,
         "mean_recovery": _mean([a.get("recovery") for a in leakage]),
+        "mean_above_floor": _mean([a.get("above_floor") for a in leakage]),
         "mean_rouge": _mean([a.get("rouge") for a in leakage]),
     }
 
 
-def least_leaking(methods: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
+def least_leaking(methods: Mapping[str, Mapping[str, Any]], gap: float = 0.1) -> dict[str, Any]:
     """The method with the lowest mean recovery; without any recovery (no retain model, or no
-    ceiling above the floor), the lowest mean forget ROUGE-L recall under attack, which the
-    ``by`` key says. On a tie ``method`` is the first in run order and ``tied`` names them all.
+    ceiling far enough above the floor), the lowest mean forget ROUGE-L recall under attack,
+    which the ``by`` key says (``gap``: the least recovery gap, named in the reason). On a tie
+    ``method`` is the first in run order and ``tied`` names them all.
     """
     for key, by in (("mean_recovery", "mean recovery"), ("mean_rouge", "mean forget ROUGE-L")):
         scored = {n: m[key] for n, m in methods.items() if m.get(key) is not None}
@@ -111,7 +118,7 @@ def least_leaking(methods: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
             if key == "mean_rouge":
                 out["reason"] = (
                     "no recovery: it needs a retain model (the floor) that the target model "
-                    "(the ceiling) answers better than"
+                    f"(the ceiling) answers at least {gap} ROUGE-L recall better than"
                 )
             return out
     return {"method": None, "by": None, "value": None, "reason": "no leakage attack has a value"}
@@ -187,7 +194,7 @@ class BenchAttacks:
     def block(self) -> dict[str, Any]:
         """The ``attacks`` block of ``results.json``."""
         from unierase.attacks import compare
-        from unierase.attacks.run import MEASURES
+        from unierase.attacks.run import MEASURES, MIN_RECOVERY_GAP
 
         rows = compare(self.references) if self.references else []
         references = {
@@ -202,8 +209,9 @@ class BenchAttacks:
             "config": self.config.to_dict(),
             "ceiling": references.get(CEILING_ROLE),
             "floor": references.get(FLOOR_ROLE),
+            "min_recovery_gap": MIN_RECOVERY_GAP,
             "methods": self.methods,
-            "least_leaking": least_leaking(self.methods),
+            "least_leaking": least_leaking(self.methods, MIN_RECOVERY_GAP),
         }
 
 
@@ -230,18 +238,20 @@ def _cell(cells: Mapping[str, Any] | None) -> str:
 
 def attack_rows(block: Mapping[str, Any]) -> tuple[list[str], list[tuple[str, list[str]]]]:
     """The attack table as text cells: (header, [(model, cells)]): the ceiling and the floor
-    first, then every method; a column per attack and the mean recovery."""
+    first, then every method; a column per attack, the mean excess over the floor and the mean
+    recovery."""
     attacks = list(block["attacks"])
-    header = ["model", *attacks, "mean recovery"]
+    header = ["model", *attacks, "mean above floor", "mean recovery"]
     rows = []
     for label, ref in (("target (ceiling)", block.get("ceiling")),
                        ("retain model (floor)", block.get("floor"))):  # fmt: skip
         if ref is not None:
-            rows.append((label, [_cell(ref.get(a)) for a in attacks] + ["-"]))
+            rows.append((label, [_cell(ref.get(a)) for a in attacks] + ["-", "-"]))
     for name, entry in block["methods"].items():
-        mean = _num(entry.get("mean_recovery"))
+        above, mean = _num(entry.get("mean_above_floor")), _num(entry.get("mean_recovery"))
         cells = [_cell(entry["attacks"].get(a)) for a in attacks]
-        rows.append((name, [*cells, "-" if mean is None else f"{mean:.2f}"]))
+        rows.append((name, [*cells, "-" if above is None else f"{above:+.2f}",
+                            "-" if mean is None else f"{mean:.2f}"]))  # fmt: skip
     return header, rows
 
 
@@ -256,6 +266,12 @@ def least_leaking_text(block: Mapping[str, Any]) -> str:
     return text + (f"; {best['reason']}" if best.get("reason") else "")
 
 
+def attack_notes(block: Mapping[str, Any]) -> list[str]:
+    """The notes under an attack table, with the block's least recovery gap filled in."""
+    gap = block.get("min_recovery_gap", "-")  # runs from before the gap was recorded: "-"
+    return [note.format(gap=gap) for note in NOTES]
+
+
 def format_attack_table(block: Mapping[str, Any]) -> str:
     """The attack block as a Markdown table, the least-leaking method and the notes."""
     header, rows = attack_rows(block)
@@ -266,6 +282,6 @@ def format_attack_table(block: Mapping[str, Any]) -> str:
         "",
         least_leaking_text(block),
         f"attacked: {items.get('forget', '-')} forget, {items.get('retain', '-')} retain questions",
-        *NOTES,
+        *attack_notes(block),
     ]
     return "\n".join(lines)

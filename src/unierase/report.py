@@ -37,8 +37,7 @@ from unierase.bench import (
     headline_ratios,
     method_dir_name,
 )
-from unierase.bench_attacks import NOTES as ATTACK_NOTES
-from unierase.bench_attacks import attack_rows, least_leaking_text
+from unierase.bench_attacks import attack_notes, attack_rows, least_leaking_text
 from unierase.data.schema import DataError
 
 REPORT_FILE = "report.html"
@@ -303,7 +302,7 @@ def _attacks_html(results: Mapping[str, Any]) -> str:
         f"{items.get('forget', '-')} forget and {items.get('retain', '-')} retain questions "
         "attacked (a seeded sample of the evaluated ones); per-item records under "
         "methods/&lt;name&gt;/attacks.",
-        *(_e(n) for n in ATTACK_NOTES),
+        *(_e(n) for n in attack_notes(block)),
     ]
     return (
         f'<p class="headline">{_e(least_leaking_text(block))}</p>\n<table>\n'
