@@ -4,6 +4,8 @@
         --keep benchmarks/results/tune_baselines                 # the full grid (hours on a CPU)
     python benchmarks/tune_baselines.py --from-run runs/tune-baselines   # redo the choice only
     python benchmarks/tune_baselines.py --quick --out /tmp/tune           # smoke run, tiny model
+    python benchmarks/tune_baselines.py --from-run runs/tune-baselines \
+        --also-run runs/bench-demo     # one grid from two runs on the same target and items
 
 The grid: every baseline (``--methods``, default all ten; a method may fix other settings,
 ``RMU[retain_weight=10]``) x every learning rate (``--lrs``, default 1e-5, 3e-5, 1e-4) x every
@@ -19,7 +21,10 @@ highest MU, marked "no point keeps MU". Written next to the run's ``results.json
 ``tuning.json`` (every point's FE, MU, forget ROUGE, probe accuracy and unlearning seconds, the
 rule and the choice) and ``tuning.md`` (the same as tables). ``--keep DIR`` also copies
 ``results.json``, ``table.md`` and the two tuning files to DIR (the benchmark folder's record).
-``--from-run DIR`` redoes the choice from a finished run, loading no model.
+``--from-run DIR`` redoes the choice from a finished run, loading no model. ``--also-run DIR``
+(repeatable) adds the baselines of other finished runs on the same target model and items (the
+target's metrics must agree; ``unierase.bench_tuning.merge_runs``) to the grid, e.g. the plain
+benchmark run at the defaults, so those points are not run twice.
 """
 
 from __future__ import annotations
@@ -63,16 +68,35 @@ def grid(methods: list[str], lrs: list[float], epochs: list[int]) -> list[str]:
     return out
 
 
-def write_tuning(run_dir: Path, keep: Path | None = None) -> dict[str, Any]:
-    """Read ``run_dir/results.json``, write ``tuning.json`` and ``tuning.md`` next to it (and,
-    with ``keep``, copy them with ``results.json`` and ``table.md`` there); the summary."""
-    from unierase.bench import RESULTS_FILE, TABLE_FILE
-    from unierase.bench_tuning import TUNING_JSON, TUNING_MD, format_tuning, tuning_summary
+def _read_results(run_dir: Path) -> dict[str, Any]:
+    from unierase.bench import RESULTS_FILE
 
     path = run_dir / RESULTS_FILE
     if not path.is_file():
         raise SystemExit(f"error: {path} does not exist (not a finished `unierase bench` run)")
-    summary = tuning_summary(json.loads(path.read_text("utf-8")))
+    return json.loads(path.read_text("utf-8"))
+
+
+def write_tuning(
+    run_dir: Path, keep: Path | None = None, also: list[Path] | None = None
+) -> dict[str, Any]:
+    """Read ``run_dir/results.json`` (with ``also``: merged with those runs' grid points), write
+    ``tuning.json`` and ``tuning.md`` next to it (and, with ``keep``, copy them with
+    ``results.json`` and ``table.md`` there); the summary."""
+    from unierase.bench import RESULTS_FILE, TABLE_FILE
+    from unierase.bench_tuning import (
+        TUNING_JSON,
+        TUNING_MD,
+        format_tuning,
+        merge_runs,
+        tuning_summary,
+    )
+
+    results = _read_results(run_dir)
+    if also:
+        runs = [(str(run_dir), results), *((str(d), _read_results(d)) for d in also)]
+        results = merge_runs(runs)
+    summary = tuning_summary(results)
     (run_dir / TUNING_JSON).write_text(json.dumps(summary, indent=2) + "\n", "utf-8")
     table = format_tuning(summary)
     (run_dir / TUNING_MD).write_text(table + "\n", "utf-8")
@@ -149,6 +173,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--out", type=Path, default=DEFAULT_OUT, help="the bench run's directory")
     ap.add_argument("--keep", type=Path, help="also copy the results and the tuning files here")
     ap.add_argument("--from-run", type=Path, metavar="DIR", help="redo the choice from a run")
+    ap.add_argument("--also-run", type=Path, metavar="DIR", action="append",
+                    help="add the baselines of another finished run on the same target and "
+                    "items to the grid (repeatable)")  # fmt: skip
     ap.add_argument("--quick", action="store_true", help="smoke run (tiny sizes and model)")
     bench = ap.add_argument_group("passed to the bench run (default: unierase bench's)")
     bench.add_argument("--preset", help="demo, tofu-mini or realworld")
@@ -166,7 +193,7 @@ def main(argv: list[str] | None = None) -> None:
     logging.getLogger("transformers").setLevel(logging.WARNING)
     run_dir = args.from_run if args.from_run is not None else run_grid(args)
     try:
-        write_tuning(run_dir, args.keep)
+        write_tuning(run_dir, args.keep, args.also_run)
     except ValueError as err:
         sys.exit(f"error: {err}")
 

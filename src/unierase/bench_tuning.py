@@ -9,7 +9,8 @@ once; this module reads that run's ``results.json`` (no model) and applies the r
     marked "no point keeps MU".
 
 Ties go to the higher MU, then to the earlier grid point. A plain baseline name in the run (its
-defaults) is a grid point too.
+defaults) is a grid point too. Grid points may come from several runs on the same target model
+and items (:func:`merge_runs`: a run at the defaults and a run of further settings).
 """
 
 from __future__ import annotations
@@ -24,6 +25,11 @@ FORMAT = "unierase-tuning/1"
 TUNING_JSON, TUNING_MD = "tuning.json", "tuning.md"
 MU_SHARE = 0.9
 NO_POINT_KEEPS_MU = "no point keeps MU"
+# What must agree between runs merged into one grid: they must share the target model and the
+# evaluated items, which identical target metrics stand for.
+SAME_RUN_KEYS = ("preset", "model")
+SAME_TARGET_METRICS = ("paper/forget_efficacy", "paper/model_utility", "forget/rouge",
+                       "retain/rouge", "general/accuracy")  # fmt: skip
 
 
 def rule_text(mu_share: float = MU_SHARE) -> str:
@@ -70,9 +76,47 @@ def grid_points(results: Mapping[str, Any]) -> dict[str, list[dict[str, Any]]]:
                 "epochs": config.get("epochs"),
                 **{key: metrics.get(metric) for key, metric in POINT_METRICS},
                 "seconds": record.get("seconds"),
+                **({"run": record["run"]} if "run" in record else {}),
             }
         )
     return grid
+
+
+def merge_runs(runs: Sequence[tuple[str, Mapping[str, Any]]]) -> dict[str, Any]:
+    """One ``results`` dict holding the methods of several bench runs, each ``(label, results)``
+    (label: e.g. the run's directory), for one grid: the first run's dict with every run's
+    baselines, each record marked with its run's label (``run``), and ``runs`` listing the
+    labels. UniErase's records are left out (nothing to tune).
+
+    Raises:
+        ValueError: no run; runs of another preset or model, or whose target models' metrics
+            differ (another target model or other items); a method name in two runs.
+    """
+    if not runs:
+        raise ValueError("no run to merge")
+    first_label, first = runs[0]
+    target = first["target"]["metrics"]
+    methods: dict[str, Any] = {}
+    for label, results in runs:
+        for key in SAME_RUN_KEYS:
+            if results.get(key) != first.get(key):
+                raise ValueError(f"run {label} has {key} {results.get(key)!r}, run "
+                                 f"{first_label} {first.get(key)!r}: not one grid")  # fmt: skip
+        theirs = results["target"]["metrics"]
+        for metric in SAME_TARGET_METRICS:
+            a, b = target.get(metric), theirs.get(metric)
+            if (a is None) != (b is None) or (a is not None and abs(a - b) > 1e-9):
+                raise ValueError(
+                    f"run {label}'s target model has {metric} {b}, run {first_label}'s {a}: "
+                    "another target model or other items"
+                )
+        for name, record in results["methods"].items():
+            if name in UNIERASE_METHODS:
+                continue
+            if name in methods:
+                raise ValueError(f"method {name} is in run {methods[name]['run']} and in {label}")
+            methods[name] = {**record, "run": label}
+    return {**first, "methods": methods, "runs": [label for label, _ in runs]}
 
 
 def choose_setting(
@@ -118,7 +162,8 @@ def tuning_summary(results: Mapping[str, Any], mu_share: float = MU_SHARE) -> di
         "format": FORMAT,
         "rule": rule_text(mu_share),
         "mu_share": mu_share,
-        "run": {k: results.get(k) for k in ("preset", "model")},
+        "run": {k: results.get(k) for k in SAME_RUN_KEYS},
+        **({"runs": list(results["runs"])} if "runs" in results else {}),
         "target": {
             "fe": target.get("paper/forget_efficacy"),
             "mu": target_mu,
@@ -138,6 +183,10 @@ def _setting_text(settings: Mapping[str, Any]) -> str:
 def format_tuning(summary: Mapping[str, Any]) -> str:
     """``tuning.md``: the rule, the chosen setting per baseline, then every grid point."""
     target = summary["target"]
+    runs = summary.get("runs")
+    sources = (
+        [f"Grid points from {len(runs)} runs on that target: {', '.join(runs)}."] if runs else []
+    )
     lines = [
         "# Baseline tuning",
         "",
@@ -145,6 +194,7 @@ def format_tuning(summary: Mapping[str, Any]) -> str:
         "",
         f"Target model (before): FE {_fmt(target['fe'])}, MU {_fmt(target['mu'])}; "
         f"MU floor {_fmt(target['mu_floor'])}.",
+        *sources,
         "",
         "| method | chosen setting | FE | MU | note |",
         "|---|---|---|---|---|",
