@@ -310,6 +310,39 @@ def test_tuning_rule_by_hand(tmp_path):
     )
 
 
+def test_tuning_merges_runs_on_one_target_and_refuses_others(tmp_path):
+    from unierase.bench_tuning import merge_runs, tuning_summary
+
+    grid = {**_hand_results(), "preset": "demo", "model": "m"}
+    grid["methods"] = {k: v for k, v in grid["methods"].items() if "[" in k}  # the variants
+    defaults = {**grid, "methods": {UNIERASE: _metrics(0.95, 0.5),
+                                    "GA": _point("GA", {}, 0.35, 0.49)}}  # fmt: skip
+    merged = merge_runs([("grid", grid), ("defaults", defaults)])
+    assert merged["runs"] == ["grid", "defaults"] and UNIERASE not in merged["methods"]
+    summary = tuning_summary(merged)
+    ga = summary["methods"]["GA"]
+    assert [(p["name"], p["run"]) for p in ga["points"]][-1] == ("GA", "defaults")
+    assert ga["chosen"]["name"] == "GA[lr=3e-05]" and summary["runs"] == ["grid", "defaults"]
+    # another target model (or other items), another preset, a method in both: not one grid
+    other = {**defaults, "target": {"metrics": {"paper/forget_efficacy": 0.31,
+                                                "paper/model_utility": 0.5}}}  # fmt: skip
+    with pytest.raises(ValueError, match="paper/forget_efficacy"):
+        merge_runs([("grid", grid), ("other", other)])
+    with pytest.raises(ValueError, match="preset"):
+        merge_runs([("grid", grid), ("tofu", {**defaults, "preset": "tofu-mini"})])
+    with pytest.raises(ValueError, match=r"GA\[lr=1e-05\] is in run grid"):
+        merge_runs([("grid", grid), ("again", grid)])
+    # the script: --also-run adds the other run's points, and the tables name both runs
+    for name, results in (("grid", grid), ("defaults", defaults)):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / RESULTS_FILE).write_text(json.dumps(results))
+    _tune_script().main(["--from-run", str(tmp_path / "grid"), "--also-run",
+                         str(tmp_path / "defaults")])  # fmt: skip
+    written = json.loads((tmp_path / "grid" / "tuning.json").read_text())
+    assert len(written["methods"]["GA"]["points"]) == 4
+    assert "Grid points from 2 runs" in (tmp_path / "grid" / "tuning.md").read_text()
+
+
 def test_tune_script_runs_the_whole_grid_as_one_bench_run(monkeypatch, tmp_path):
     import unierase.bench as B
 
@@ -340,6 +373,8 @@ def _row(attack, u, r, b, rec=None):
     row = {"attack": attack}
     for role, v in (("unlearned", u), ("retain", r), ("before", b)):
         row[f"{role}/rouge"], row[f"{role}/p_answer"] = v, v / 2
+    if attack != "token_injection":
+        row["above_floor"] = u - r
     return {**row, "recovery": rec} if rec is not None else row
 
 
@@ -353,9 +388,11 @@ def test_attack_block_means_ranking_and_table_by_hand():
 
     ga = method_entry([_row("prefill", 0.5, 0.1, 0.9, 0.5), _row("token_ban", 0.3, 0.1, 0.9, 0.25),
                        _row("token_injection", 0.8, 0.8, 0.8)])  # fmt: skip
-    assert ga["attacks"]["prefill"] == {"rouge": 0.5, "p_answer": 0.25, "recovery": 0.5}
+    prefill = {"rouge": 0.5, "p_answer": 0.25, "above_floor": pytest.approx(0.4), "recovery": 0.5}
+    assert ga["attacks"]["prefill"] == prefill
     # token_injection measures kept answers, not leakage: out of the means
     assert ga["mean_recovery"] == pytest.approx(0.375) and ga["mean_rouge"] == pytest.approx(0.4)
+    assert ga["mean_above_floor"] == pytest.approx(0.3)
     ue = method_entry(
         [_row("prefill", 0.2, 0.1, 0.9, 0.125), _row("token_ban", 0.1, 0.1, 0.9, 0.0)]
     )
@@ -368,15 +405,18 @@ def test_attack_block_means_ranking_and_table_by_hand():
     assert "tied" not in best
     tie = least_leaking({"GA": ue, UNIERASE: ue})
     assert tie["method"] == "GA" and tie["tied"] == ["GA", UNIERASE]
+    # the fallback's reason names the least gap it was given
+    assert "at least 0.25 ROUGE-L" in least_leaking(no_floor, gap=0.25)["reason"]
     tied_block = {"attacks": ["prefill", "token_ban"], "least_leaking": tie}
     assert "least leaking: GA and UniErase (a tie) (mean recovery" in least_leaking_text(tied_block)
     block = {"attacks": ["prefill", "token_ban"], "items": {"forget": 4, "retain": 3},
              "ceiling": {"prefill": {"rouge": 0.9, "p_answer": 0.45}}, "floor": None,
-             "methods": {"GA": ga, UNIERASE: ue},
+             "methods": {"GA": ga, UNIERASE: ue}, "min_recovery_gap": 0.1,
              "least_leaking": least_leaking({"GA": ga})}  # fmt: skip
     table = format_attack_table(block)
-    assert "| target (ceiling) | 0.90 / 0.45 | - | - |" in table and "(floor) |" not in table
-    assert "| GA | 0.50 / 0.25, rec 0.50 | 0.30 / 0.15, rec 0.25 | 0.38 |" in table
+    assert "| target (ceiling) | 0.90 / 0.45 | - | - | - |" in table and "(floor) |" not in table
+    assert "| GA | 0.50 / 0.25, rec 0.50 | 0.30 / 0.15, rec 0.25 | +0.30 | 0.38 |" in table
+    assert "at least 0.1 above the floor" in table
     assert "least leaking: GA (mean recovery 0.375 over prefill, token_ban)" in table
 
 
@@ -384,7 +424,7 @@ def test_bench_attacks_every_method_and_the_references(base_dir, tmp_path, monke
     import torch
 
     import unierase.attacks as A
-    from unierase.attacks.run import RECORDS_FILE, SUMMARY_FILE
+    from unierase.attacks.run import MIN_RECOVERY_GAP, RECORDS_FILE, SUMMARY_FILE
     from unierase.report import REPORT_FILE
 
     attacked = []
@@ -425,7 +465,8 @@ def test_bench_attacks_every_method_and_the_references(base_dir, tmp_path, monke
         for attack, cells in entry["attacks"].items():
             assert 0 <= cells["rouge"] <= 1 and 0 <= cells["p_answer"] <= 1, (name, attack)
             ceiling, floor = block["ceiling"][attack]["rouge"], block["floor"][attack]["rouge"]
-            if ceiling > floor:  # recovery as unierase.attacks.compare computes it
+            assert cells["above_floor"] == pytest.approx(cells["rouge"] - floor)
+            if ceiling - floor >= MIN_RECOVERY_GAP:  # recovery as attacks.compare computes it
                 assert cells["recovery"] == pytest.approx(
                     (cells["rouge"] - floor) / (ceiling - floor)
                 )
@@ -488,6 +529,30 @@ def test_cli_bench_options_reach_the_settings(monkeypatch, tmp_path):
     seen.clear()
     assert main(["bench", "--out", str(tmp_path), "--attacks", "all"]) == 0
     assert seen["s"].attacks[:2] == ("direct", "prefill") and "membership" in seen["s"].attacks
+
+
+def test_cli_bench_edit_settings_are_typed_edit_config_overrides(monkeypatch, tmp_path, capsys):
+    import unierase.bench as B
+    from unierase.cli import main
+
+    seen = {}
+    monkeypatch.setattr(B, "run_bench", lambda settings, out: seen.setdefault("s", settings))
+    edits = ["deep_weight=0.2", "deep_answer_tokens=4", "deep_prefills=Sure, |Well,", "layers=3|4"]
+    argv = ["bench", "--methods", "UniErase-deep", "--out", str(tmp_path)]
+    assert main([*argv, *(x for e in edits for x in ("--edit-setting", e))]) == 0
+    want = {"deep_weight": 0.2, "deep_answer_tokens": 4, "deep_prefills": ("Sure,", "Well,"),
+            "layers": (3, 4)}  # items are stripped  # fmt: skip
+    assert seen["s"].edit_overrides == want
+    seen.clear()
+    assert main(["bench", "--out", str(tmp_path)]) == 0 and seen["s"].edit_overrides == {}
+    for bad, said in (("deep_weight", "not KEY=VALUE"), ("nope=1", "unknown EditConfig field"),
+                      ("deep_answer_tokens=many", "takes an integer"),
+                      ("layers=a|b", "takes ints"), ("deep=maybe", "true or false")):  # fmt: skip
+        assert main(["bench", "--out", str(tmp_path), "--edit-setting", bad]) == 2, bad
+        assert said in capsys.readouterr().out, bad
+    twice = ["--edit-setting", "v_lr=0.1", "--edit-setting", "v_lr=0.2"]
+    assert main(["bench", "--out", str(tmp_path), *twice]) == 2
+    assert "given twice" in capsys.readouterr().out
 
 
 def test_cli_bench_rejects_unknown_attacks_and_attacks_outside_batch_mode(tmp_path, capsys):

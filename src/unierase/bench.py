@@ -182,7 +182,8 @@ def resolve_methods(names: Sequence[str]) -> tuple[str, ...]:
         if head.lower() in ours and settings is not None:
             raise ValueError(
                 f"{name!r}: {ours[head.lower()]} takes no [settings] variants (only the "
-                "baselines do); its settings are the run's Phase I and Phase II overrides"
+                "baselines do); its settings are the run's Phase I and Phase II overrides "
+                "(unierase bench --edit-setting KEY=VALUE)"
             )
         canonical = ours.get(name.lower()) or canonical_variant(name)
         if canonical not in out:

@@ -8,7 +8,10 @@ parsed as the field's type:
 - int and float fields: a number (``lr=1e-4``, ``epochs=3``);
 - bool fields: ``true`` or ``false``; optional fields also take ``none``;
 - str fields: the text as written (it cannot hold ``,``, ``[`` or ``]``);
-- tuple fields (``refusals``): the items separated by ``|``.
+- tuple fields (``refusals``): the items separated by ``|`` (numbers where the field holds
+  numbers).
+
+``parse_value`` reads ``EditConfig`` fields the same way for ``unierase bench --edit-setting``.
 
 The canonical name lists the settings in ``BaselineConfig``'s field order, with every value
 written back from its parsed form (``GA[lr=3e-5,epochs=3]`` -> ``GA[epochs=3,lr=3e-05]``), so
@@ -79,23 +82,28 @@ def split_variant_text(text: str) -> tuple[str, str | None]:
 
 
 @cache
-def _field_types() -> dict[str, Any]:
-    from unierase.baselines.config import BaselineConfig
+def _field_types(config: type | None = None) -> dict[str, Any]:
+    """The settable fields of the dataclass ``config`` (default ``BaselineConfig``) and their
+    types; fields starting with ``_`` and the free-form ``extra`` are left out."""
+    if config is None:
+        from unierase.baselines.config import BaselineConfig as config
+    hints = typing.get_type_hints(config)
+    return {f.name: hints[f.name] for f in dataclasses.fields(config)
+            if not f.name.startswith("_") and f.name != "extra"}  # fmt: skip
 
-    hints = typing.get_type_hints(BaselineConfig)
-    return {f.name: hints[f.name] for f in dataclasses.fields(BaselineConfig)}
 
-
-def parse_value(field: str, text: str) -> Any:
-    """``text`` as a value of the ``BaselineConfig`` field ``field``.
+def parse_value(field: str, text: str, config: type | None = None) -> Any:
+    """``text`` as a value of the field ``field`` of the dataclass ``config`` (default
+    ``BaselineConfig``; ``unierase bench --edit-setting`` passes ``EditConfig``).
 
     Raises:
         ValueError: an unknown field (the message lists the valid ones) or a value that is not
             of the field's type.
     """
-    types_ = _field_types()
+    types_ = _field_types(config)
+    kind_name = "BaselineConfig" if config is None else config.__name__
     if field not in types_:
-        raise ValueError(f"unknown BaselineConfig field {field!r}; valid: {', '.join(types_)}")
+        raise ValueError(f"unknown {kind_name} field {field!r}; valid: {', '.join(types_)}")
     hint, text = types_[field], text.strip()
     args = typing.get_args(hint)
     if typing.get_origin(hint) in (typing.Union, types.UnionType) and type(None) in args:
@@ -103,7 +111,15 @@ def parse_value(field: str, text: str) -> Any:
             return None
         hint = next(a for a in args if a is not type(None))
     if typing.get_origin(hint) is tuple:
-        return tuple(s.strip() for s in text.split(TUPLE_SEPARATOR) if s.strip())
+        items = [s.strip() for s in text.split(TUPLE_SEPARATOR) if s.strip()]
+        item_type = (typing.get_args(hint) or (str,))[0]
+        if item_type in (int, float):
+            try:
+                return tuple(item_type(s) for s in items)
+            except ValueError:
+                raise ValueError(f"{field} takes {item_type.__name__}s separated by "
+                                 f"{TUPLE_SEPARATOR!r}, not {text!r}") from None  # fmt: skip
+        return tuple(items)
     if hint is str:
         return text
     if hint is bool and text.lower() in _TRUE + _FALSE:
@@ -116,7 +132,7 @@ def parse_value(field: str, text: str) -> Any:
     except ValueError:
         pass
     if hint not in (bool, int, float):
-        raise ValueError(f"BaselineConfig field {field!r} has a type variants cannot set")
+        raise ValueError(f"{kind_name} field {field!r} has a type that cannot be set from text")
     kind = {bool: "true or false", int: "an integer", float: "a finite number"}[hint]
     raise ValueError(f"{field} takes {kind}, not {text!r}")
 

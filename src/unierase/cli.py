@@ -140,6 +140,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     try:
         methods = resolve_methods(split_method_list(args.methods or ""))
         attacks = resolve_attacks(args.attacks or "")
+        edit_settings = _edit_settings(args.edit_setting or [])
     except ValueError as err:
         _out(f"error: {err}")
         return 2
@@ -174,6 +175,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         max_new_tokens=args.max_new_tokens,
         embedding_model=args.embedding_model,
         baseline_overrides=baseline,
+        edit_overrides=edit_settings,
         retain_model=not args.no_retain_model,
         threads=args.threads,
         progress=not args.no_progress,
@@ -187,6 +189,28 @@ def cmd_bench(args: argparse.Namespace) -> int:
     )
     run_bench(settings, _out)
     return 0
+
+
+def _edit_settings(texts: list[str]) -> dict[str, Any]:
+    """``--edit-setting KEY=VALUE`` options as ``EditConfig`` overrides, each value read as its
+    field's type (``unierase.bench_variants.parse_value``).
+
+    Raises:
+        ValueError: not KEY=VALUE, a key given twice, an unknown field or a bad value.
+    """
+    from unierase.bench_variants import parse_value
+    from unierase.edit.config import EditConfig
+
+    settings: dict[str, Any] = {}
+    for text in texts:
+        key, eq, value = text.partition("=")
+        key = key.strip()
+        if not eq or not key:
+            raise ValueError(f"--edit-setting {text!r} is not KEY=VALUE (e.g. deep_weight=0.2)")
+        if key in settings:
+            raise ValueError(f"--edit-setting {key} is given twice")
+        settings[key] = parse_value(key, value, EditConfig)
+    return settings
 
 
 def _add_bench_parser(add: Callable) -> None:
@@ -288,6 +312,14 @@ def _add_bench_parser(add: Callable) -> None:
     )
     p.add_argument(
         "--baseline-epochs", type=_positive_int, help="epochs of every baseline (default: 5)"
+    )
+    p.add_argument(
+        "--edit-setting",
+        action="append",
+        metavar="KEY=VALUE",
+        help="a Phase II EditConfig field for UniErase and UniErase-deep over the preset, "
+        "repeatable, e.g. --edit-setting deep_weight=0.2 --edit-setting deep_answer_tokens=4 "
+        "(tuples: items separated by '|', stripped) (default: the preset's settings)",
     )
     p.add_argument(
         "--baseline-lr",
