@@ -545,14 +545,14 @@ def test_cli_bench_edit_settings_are_typed_edit_config_overrides(monkeypatch, tm
     assert seen["s"].edit_overrides == want
     seen.clear()
     assert main(["bench", "--out", str(tmp_path)]) == 0 and seen["s"].edit_overrides == {}
-    for bad, said in (("deep_weight", "not KEY=VALUE"), ("nope=1", "unknown EditConfig field"),
+    for bad, said in (("deep_weight", "not field=value"), ("nope=1", "unknown EditConfig field"),
                       ("deep_answer_tokens=many", "takes an integer"),
                       ("layers=a|b", "takes ints"), ("deep=maybe", "true or false")):  # fmt: skip
         assert main(["bench", "--out", str(tmp_path), "--edit-setting", bad]) == 2, bad
         assert said in capsys.readouterr().out, bad
     twice = ["--edit-setting", "v_lr=0.1", "--edit-setting", "v_lr=0.2"]
     assert main(["bench", "--out", str(tmp_path), *twice]) == 2
-    assert "given twice" in capsys.readouterr().out
+    assert "v_lr is set twice" in capsys.readouterr().out
 
 
 def test_cli_bench_rejects_unknown_attacks_and_attacks_outside_batch_mode(tmp_path, capsys):

@@ -26,7 +26,7 @@ import math
 import re
 import types
 import typing
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from functools import cache
 from typing import Any
 
@@ -158,6 +158,28 @@ def variant_name(method: str, settings: Mapping[str, Any]) -> str:
     return method + OPEN + ",".join(f"{k}={format_value(settings[k])}" for k in keys) + CLOSE
 
 
+def parse_settings(parts: Iterable[str], config: type | None = None) -> dict[str, Any]:
+    """``field=value`` texts (blank ones skipped) as fields of the dataclass ``config`` (default
+    ``BaselineConfig``), each value read by :func:`parse_value`.
+
+    Raises:
+        ValueError: a text that is not field=value, a field set twice, an unknown field or a
+            value of the wrong type.
+    """
+    settings: dict[str, Any] = {}
+    for part in parts:
+        if not part.strip():
+            continue
+        key, eq, value = part.partition("=")
+        key = key.strip()
+        if not eq or not key:
+            raise ValueError(f"{part.strip()!r} is not field=value")
+        if key in settings:
+            raise ValueError(f"{key} is set twice")
+        settings[key] = parse_value(key, value, config)
+    return settings
+
+
 def parse_variant(text: str) -> tuple[str, dict[str, Any]]:
     """(the baseline's registry name, its settings in field order) of ``"GA[lr=3e-5]"``; a
     plain name has no settings.
@@ -173,21 +195,8 @@ def parse_variant(text: str) -> tuple[str, dict[str, Any]]:
 
     head, inner = split_variant_text(text)
     method = get_method(head)
-    settings: dict[str, Any] = {}
-    for part in (inner or "").split(","):
-        if not part.strip():
-            continue
-        key, eq, value = part.partition("=")
-        key = key.strip()
-        if not eq or not key:
-            raise ValueError(f"{text!r}: {part.strip()!r} is not field=value")
-        if key in settings:
-            raise ValueError(f"{text!r}: {key} is set twice")
-        try:
-            settings[key] = parse_value(key, value)
-        except ValueError as err:
-            raise ValueError(f"{text!r}: {err}") from None
     try:
+        settings = parse_settings((inner or "").split(","))
         method.config(**settings)
     except ValueError as err:
         raise ValueError(f"{text!r}: {err}") from None

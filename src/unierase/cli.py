@@ -193,24 +193,18 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 def _edit_settings(texts: list[str]) -> dict[str, Any]:
     """``--edit-setting KEY=VALUE`` options as ``EditConfig`` overrides, each value read as its
-    field's type (``unierase.bench_variants.parse_value``).
+    field's type (``unierase.bench_variants.parse_settings``).
 
     Raises:
         ValueError: not KEY=VALUE, a key given twice, an unknown field or a bad value.
     """
-    from unierase.bench_variants import parse_value
+    from unierase.bench_variants import parse_settings
     from unierase.edit.config import EditConfig
 
-    settings: dict[str, Any] = {}
-    for text in texts:
-        key, eq, value = text.partition("=")
-        key = key.strip()
-        if not eq or not key:
-            raise ValueError(f"--edit-setting {text!r} is not KEY=VALUE (e.g. deep_weight=0.2)")
-        if key in settings:
-            raise ValueError(f"--edit-setting {key} is given twice")
-        settings[key] = parse_value(key, value, EditConfig)
-    return settings
+    try:
+        return parse_settings(texts, EditConfig)
+    except ValueError as err:
+        raise ValueError(f"--edit-setting: {err} (e.g. deep_weight=0.2)") from None
 
 
 def _add_bench_parser(add: Callable) -> None:
