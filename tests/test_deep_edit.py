@@ -207,9 +207,12 @@ def test_deep_shift_lowers_later_answer_tokens_and_holds_behind_prefills():
     assert prefill_top(deeper.delta) == [unl] * len(reqs)
 
 
-def test_deep_edit_is_recorded_in_report_and_state(tmp_path):
+@pytest.mark.parametrize("prefills", [EditConfig.deep_prefills, ()], ids=["prefills", "none"])
+def test_deep_edit_is_recorded_in_report_and_state(tmp_path, prefills):
+    # no pre-fills: the unlikelihood term alone (bench --edit-setting "deep_prefills=")
     tok, model, unl, layout, config = _setup(
         deep=True,
+        deep_prefills=prefills,
         deep_answer_tokens=3,
         lambda_=0.01,
         null_threshold=1e-3,
@@ -224,6 +227,7 @@ def test_deep_edit_is_recorded_in_report_and_state(tmp_path):
     report = phase2.unlearning_edit(model, tok, layout, ITEMS[2:], state, config, progress=False)
     assert report.deep is not None and report.deep["answer_tokens"] == 3
     assert 0.0 < report.deep["answer_p_max"] <= 1.0  # the deep rows were optimised
+    assert report.deep["prefills"] == list(prefills)
     state.save(tmp_path)
     back = phase2.EditState.load(tmp_path)
     assert EditConfig.from_dict(back.config).deep
