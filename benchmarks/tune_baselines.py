@@ -24,7 +24,8 @@ rule and the choice) and ``tuning.md`` (the same as tables). ``--keep DIR`` also
 ``--from-run DIR`` redoes the choice from a finished run, loading no model. ``--also-run DIR``
 (repeatable) adds the baselines of other finished runs on the same target model and items (the
 target's metrics must agree; ``unierase.bench_tuning.merge_runs``) to the grid, e.g. the plain
-benchmark run at the defaults, so those points are not run twice.
+benchmark run at the defaults, so those points are not run twice. When a run holds UniErase,
+the tuning files also give the two headline ratios against the chosen settings.
 """
 
 from __future__ import annotations

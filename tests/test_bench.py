@@ -272,6 +272,14 @@ def test_tuning_rule_by_hand(tmp_path):
     assert summary["methods"]["GD"]["points"][0]["settings"] == {}  # the defaults
     assert summary["methods"]["RMU"]["points"][0]["settings"] == {"lr": 0.0001}  # parsed
     assert "0.9 x the target model's MU" in summary["rule"]
+    # the headline ratios against the chosen settings: GA[lr=3e-05] forgets most of them (not
+    # GA[lr=0.0001], which loses MU), GD keeps most
+    head = summary["headline"]
+    assert head["best_forgetting_baseline"] == "GA[lr=3e-05]"
+    assert head["mu_ratio"] == pytest.approx(0.5 / 0.46)
+    assert head["best_retaining_baseline"] == "GD"
+    assert head["fe_gain"] == pytest.approx(0.95 / 0.6 - 1)
+    assert "UniErase" not in head["baselines"] and len(head["baselines"]) == 4
 
     # ties: the higher MU, then the earlier point
     a, b, c = ({"name": n, "settings": {}, "fe": 0.5, "mu": mu} for n, mu in
@@ -318,7 +326,8 @@ def test_tuning_merges_runs_on_one_target_and_refuses_others(tmp_path):
     defaults = {**grid, "methods": {UNIERASE: _metrics(0.95, 0.5),
                                     "GA": _point("GA", {}, 0.35, 0.49)}}  # fmt: skip
     merged = merge_runs([("grid", grid), ("defaults", defaults)])
-    assert merged["runs"] == ["grid", "defaults"] and UNIERASE not in merged["methods"]
+    assert merged["runs"] == ["grid", "defaults"]
+    assert merged["methods"][UNIERASE]["run"] == "defaults"  # the one run that has UniErase
     summary = tuning_summary(merged)
     ga = summary["methods"]["GA"]
     assert [(p["name"], p["run"]) for p in ga["points"]][-1] == ("GA", "defaults")
@@ -340,7 +349,9 @@ def test_tuning_merges_runs_on_one_target_and_refuses_others(tmp_path):
                          str(tmp_path / "defaults")])  # fmt: skip
     written = json.loads((tmp_path / "grid" / "tuning.json").read_text())
     assert len(written["methods"]["GA"]["points"]) == 4
-    assert "Grid points from 2 runs" in (tmp_path / "grid" / "tuning.md").read_text()
+    table = (tmp_path / "grid" / "tuning.md").read_text()
+    assert "Grid points from 2 runs" in table and "Headline ratios against the chosen" in table
+    assert written["headline"]["mu_ratio"] is not None
 
 
 def test_tune_script_runs_the_whole_grid_as_one_bench_run(monkeypatch, tmp_path):

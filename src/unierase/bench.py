@@ -783,18 +783,9 @@ def headline_ratios(methods: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
     return out
 
 
-def format_table(results: Mapping[str, Any]) -> str:
-    """A Markdown table: one row per model (the target first), one column per headline metric."""
-    header = "| method | " + " | ".join(label for label, _ in TABLE_COLUMNS) + " | time (s) |"
-    lines = [header, "|" + "---|" * (len(TABLE_COLUMNS) + 2)]
-    rows = [("target (before)", results["target"]["metrics"], None)]
-    rows += [(n, r["metrics"], r["seconds"]) for n, r in results["methods"].items()]
-    for name, metrics, seconds in rows:
-        cells = [_fmt(metrics.get(key)) for _, key in TABLE_COLUMNS]
-        time_cell = "-" if seconds is None else f"{seconds:.0f}"
-        lines.append(f"| {name} | " + " | ".join(cells) + f" | {time_cell} |")
-    head = results.get("headline", {})
-    lines.append("")
+def headline_lines(head: Mapping[str, Any]) -> list[str]:
+    """The two headline ratios of :func:`headline_ratios` in words (or why there are none)."""
+    lines = []
     if head.get("mu_ratio") is not None:
         lines.append(
             f"UniErase MU / MU of the best-forgetting baseline ({head['best_forgetting_baseline']})"
@@ -807,6 +798,21 @@ def format_table(results: Mapping[str, Any]) -> str:
         )
     if head.get("reason"):
         lines.append(f"headline ratios: {head['reason']}")
+    return lines
+
+
+def format_table(results: Mapping[str, Any]) -> str:
+    """A Markdown table: one row per model (the target first), one column per headline metric."""
+    header = "| method | " + " | ".join(label for label, _ in TABLE_COLUMNS) + " | time (s) |"
+    lines = [header, "|" + "---|" * (len(TABLE_COLUMNS) + 2)]
+    rows = [("target (before)", results["target"]["metrics"], None)]
+    rows += [(n, r["metrics"], r["seconds"]) for n, r in results["methods"].items()]
+    for name, metrics, seconds in rows:
+        cells = [_fmt(metrics.get(key)) for _, key in TABLE_COLUMNS]
+        time_cell = "-" if seconds is None else f"{seconds:.0f}"
+        lines.append(f"| {name} | " + " | ".join(cells) + f" | {time_cell} |")
+    lines.append("")
+    lines += headline_lines(results.get("headline", {}))
     for key, reason in results.get("skipped", {}).items():
         lines.append(f"{key}: skipped ({reason})")
     if results.get("attacks"):

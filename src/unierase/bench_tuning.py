@@ -18,7 +18,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from unierase.bench import UNIERASE_METHODS, _fmt
+from unierase.bench import UNIERASE, UNIERASE_METHODS, _fmt, headline_lines, headline_ratios
 from unierase.bench_variants import format_value, parse_variant
 
 FORMAT = "unierase-tuning/1"
@@ -86,7 +86,8 @@ def merge_runs(runs: Sequence[tuple[str, Mapping[str, Any]]]) -> dict[str, Any]:
     """One ``results`` dict holding the methods of several bench runs, each ``(label, results)``
     (label: e.g. the run's directory), for one grid: the first run's dict with every run's
     baselines, each record marked with its run's label (``run``), and ``runs`` listing the
-    labels. UniErase's records are left out (nothing to tune).
+    labels. Of UniErase (not tuned; kept for the headline ratios) the first run's record that
+    has one is kept.
 
     Raises:
         ValueError: no run; runs of another preset or model, or whose target models' metrics
@@ -111,7 +112,7 @@ def merge_runs(runs: Sequence[tuple[str, Mapping[str, Any]]]) -> dict[str, Any]:
                     "another target model or other items"
                 )
         for name, record in results["methods"].items():
-            if name in UNIERASE_METHODS:
+            if name in UNIERASE_METHODS and name in methods:
                 continue
             if name in methods:
                 raise ValueError(f"method {name} is in run {methods[name]['run']} and in {label}")
@@ -145,8 +146,9 @@ def choose_setting(
 
 
 def tuning_summary(results: Mapping[str, Any], mu_share: float = MU_SHARE) -> dict[str, Any]:
-    """The content of ``tuning.json``: the rule, the target's FE and MU, and per baseline every
-    grid point and the chosen one.
+    """The content of ``tuning.json``: the rule, the target's FE and MU, per baseline every grid
+    point and the chosen one, and, when the run (or a merged one) has UniErase, the headline
+    ratios against the chosen settings (``headline``, as ``unierase.bench.headline_ratios``).
 
     Raises:
         ValueError: the run has no target MU or no baseline.
@@ -158,6 +160,15 @@ def tuning_summary(results: Mapping[str, Any], mu_share: float = MU_SHARE) -> di
     grid = grid_points(results)
     if not grid:
         raise ValueError("the run has no baseline (only UniErase): nothing to tune")
+    methods = {
+        method: {"points": points, "chosen": choose_setting(points, target_mu, mu_share)}
+        for method, points in grid.items()
+    }
+    headline = None
+    if UNIERASE in results["methods"]:
+        chosen = [m["chosen"]["name"] for m in methods.values() if m["chosen"]["name"]]
+        picked = {n: results["methods"][n] for n in (UNIERASE, *chosen)}
+        headline = {**headline_ratios(picked), "baselines": chosen}
     return {
         "format": FORMAT,
         "rule": rule_text(mu_share),
@@ -169,10 +180,8 @@ def tuning_summary(results: Mapping[str, Any], mu_share: float = MU_SHARE) -> di
             "mu": target_mu,
             "mu_floor": mu_share * target_mu,
         },
-        "methods": {
-            method: {"points": points, "chosen": choose_setting(points, target_mu, mu_share)}
-            for method, points in grid.items()
-        },
+        "methods": methods,
+        **({"headline": headline} if headline is not None else {}),
     }
 
 
@@ -207,6 +216,9 @@ def format_tuning(summary: Mapping[str, Any]) -> str:
             continue
         lines.append(f"| {method} | {_setting_text(point['settings'])} | {_fmt(point['fe'])} | "
                      f"{_fmt(point['mu'])} | {chosen['note'] or ''} |")  # fmt: skip
+    if summary.get("headline") is not None:
+        lines += ["", "Headline ratios against the chosen settings:", "",
+                  *(f"- {line}" for line in headline_lines(summary["headline"]))]  # fmt: skip
     lines += [
         "",
         "| method | setting | lr | epochs | FE | MU | forget ROUGE | probe acc. | time (s) | "
