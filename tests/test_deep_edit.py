@@ -78,8 +78,10 @@ def test_deep_config_round_trips_and_old_configs_load():
     assert EditConfig.from_dict(d) == config
     old = {k: v for k, v in EditConfig().to_dict().items() if not k.startswith("deep")}
     assert EditConfig.from_dict(old) == EditConfig()
-    # The default pre-fills are the pre-fill attack's.
-    assert EditConfig().deep_prefills == DEFAULT_PREFILLS
+    # The measured defaults (benchmarks/README.md, "Attacks"): 4 answer tokens at weight 0.3,
+    # no pre-fill rows (with the attack's pre-fills and 16 tokens at 1.0, MU fell by 33%).
+    d = EditConfig()
+    assert (d.deep_prefills, d.deep_answer_tokens, d.deep_weight) == ((), 4, 0.3)
 
 
 def test_deep_rows_follow_the_prompt():
@@ -173,11 +175,14 @@ def test_deep_shift_lowers_later_answer_tokens_and_holds_behind_prefills():
     # attention, so the value layer is the first and the pre-fill one token long.
     tok, model, unl, layout, config = _setup(v_steps=150, v_clamp=10.0, v_weight_decay=0.0)
     _teach(model, tok, KNOWN)
+    # the mechanism at full weight (the defaults are tuned for real models, not this one)
     deep = dict(deep=True, deep_prefills=("The",), deep_answer_tokens=4)
+    strong = dict(deep_weight=1.0, deep_p_stop=0.05)
     reqs = build_requests(tok, KNOWN, granularity="question", **deep)
     block = f"{layout.layers_name}.0"
     plain = optimise_values(model, layout, reqs, unl, 0, config, progress=False)
-    deeper = optimise_values(model, layout, reqs, unl, 0, replace(config, **deep), progress=False)
+    deeper = optimise_values(model, layout, reqs, unl, 0, replace(config, **deep, **strong),
+                             progress=False)  # fmt: skip
     assert deeper.answer_p is not None and deeper.prefill_nll is not None
     owner = torch.arange(len(reqs))
     rows = [r.answer_rows[0] for r in reqs]
@@ -207,9 +212,9 @@ def test_deep_shift_lowers_later_answer_tokens_and_holds_behind_prefills():
     assert prefill_top(deeper.delta) == [unl] * len(reqs)
 
 
-@pytest.mark.parametrize("prefills", [EditConfig.deep_prefills, ()], ids=["prefills", "none"])
+@pytest.mark.parametrize("prefills", [DEFAULT_PREFILLS, ()], ids=["prefills", "none"])
 def test_deep_edit_is_recorded_in_report_and_state(tmp_path, prefills):
-    # no pre-fills: the unlikelihood term alone (bench --edit-setting "deep_prefills=")
+    # no pre-fills: the unlikelihood term alone (the default)
     tok, model, unl, layout, config = _setup(
         deep=True,
         deep_prefills=prefills,

@@ -1137,9 +1137,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--deep",
         action="store_true",
         default=None,
-        help="deep forgetting: the edit also holds behind answer pre-fills and makes the true "
-        "answer unlikely at every position, not only its first token; experimental: about "
-        "3.6x slower, and on the demo preset it cut general ability sharply (default: off)",
+        help="deep forgetting: the edit also makes the true answer's first 4 tokens unlikely, "
+        "not only gates its first token; on the demo preset it cut every attack's answer "
+        "probability to <= 0.04 at the same MU, for about 2x the unlearning time and 3 of 40 "
+        "general-probe answers (default: off)",
     )
     p.add_argument(
         "--stats-file",

@@ -34,11 +34,16 @@ class EditConfig:
         stats_texts: general texts used for the second-moment statistics.
         stats_max_length: tokens per text.
         stats_chat_fraction: share of texts wrapped in the chat template.
-        deep: "deep forgetting": the value shift must also hold behind answer pre-fills and make
-            the true answer unlikely at every teacher-forced position, not only gate the first
-            answer token (costs more value-optimisation time).
+        deep: "deep forgetting": the value shift must also make the true answer unlikely at its
+            first teacher-forced positions (and, with ``deep_prefills``, produce the target
+            behind answer pre-fills), not only gate the first answer token (about 2x the
+            Phase II time). The defaults below were chosen by measurement on the demo preset
+            (benchmarks/README.md, "Attacks"): unlikelihood on 4 answer tokens at weight 0.3,
+            no pre-fill rows, kept MU within 2% of the plain edit while cutting every attack's
+            answer probability to <= 0.04; the first defaults (both pre-fills, 16 tokens,
+            weight 1.0, p < 0.05) cost 33% of MU.
         deep_prefills: answer starts behind which every prompt must also produce the target
-            (the pre-fill attack's defaults).
+            (none by default; the pre-fill attack uses "Sure, " and "The answer is").
         deep_answer_tokens: leading answer tokens made unlikely (unlikelihood loss).
         deep_weight: weight of the unlikelihood term.
         deep_p_stop: a request is done only when its mean answer-token probability is below this.
@@ -65,10 +70,10 @@ class EditConfig:
     stats_max_length: int = 128
     stats_chat_fraction: float = 0.5
     deep: bool = False
-    deep_prefills: tuple[str, ...] = ("Sure, ", "The answer is")
-    deep_answer_tokens: int = 16
-    deep_weight: float = 1.0
-    deep_p_stop: float = 0.05
+    deep_prefills: tuple[str, ...] = ()
+    deep_answer_tokens: int = 4
+    deep_weight: float = 0.3
+    deep_p_stop: float = 0.1
     extra: dict[str, Any] = field(default_factory=dict, compare=False)
 
     def resolved_layers(self, num_layers: int) -> tuple[int, ...]:
