@@ -158,7 +158,8 @@ def test_bench_end_to_end(base_dir, tmp_path):
     assert results["methods"]["UniErase"]["metrics"]["tofu/forget_quality"] is not None
     # The deep variant is the same method with Phase II's deep option, and not a baseline.
     assert results["methods"]["UniErase"]["report"]["edit"]["deep"] is None
-    assert results["methods"]["UniErase-deep"]["report"]["edit"]["deep"]["prefills"]
+    deep = results["methods"]["UniErase-deep"]["report"]["edit"]["deep"]
+    assert deep is not None and deep["answer_tokens"] == 4 and deep["weight"] == 0.3  # the defaults
     assert (out / "methods" / "UniErase-deep" / "model" / "config.json").is_file()
     assert {"mu_ratio", "fe_gain"} <= set(results["headline"])
     assert "UniErase" not in results["headline"].values()
