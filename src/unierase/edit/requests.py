@@ -18,6 +18,7 @@ import torch
 
 from unierase import prompting as P
 from unierase.data.schema import QAItem
+from unierase.edit.config import EditConfig
 
 
 @dataclass
@@ -133,7 +134,7 @@ def build_requests(
     fmt: P.PromptFormat = P.PromptFormat(),
     deep: bool = False,
     deep_prefills: Sequence[str] = (),
-    deep_answer_tokens: int = 16,
+    deep_answer_tokens: int = EditConfig.deep_answer_tokens,
 ) -> list[EditRequest]:
     """Group ``items`` into edit requests.
 
