@@ -31,6 +31,21 @@ class EditConfig:
         v_clamp: the value shift is clamped to ``v_clamp * ||h||`` after every step.
         v_kl_weight: weight of the KL term that keeps the subject's own meaning.
         v_weight_decay: weight of ||delta|| / ||h||^2.
+        v_refusal_weight: weight of the refusal term: the mean NLL of the refusal the token was
+            trained to produce (teacher-forced after the target token, with the shift applied),
+            so the shift that opens the refusal does not break what follows it (0: off).
+        v_refusal_stop: with the refusal term, a request is done only when that NLL is below
+            this.
+        protect_weight: weight of the kept items' keys on the preserved side of the solve:
+            ``K_r K_r^T`` over every position of the kept questions and answers (chat format)
+            is added to C_prev for this edit (MEMIT's preservation term), so the edit changes
+            their down-projection outputs as little as it can (0: off, or no kept items).
+        protect_items: at most this many kept items (a seeded sample) are protected.
+        protect_neighbours: also protect invented look-alikes of the forget questions, this
+            many per name part of a person's name (``unierase.data.neighbours``: "Where was
+            Mateus Estravelle born?" -> "Where was Kelbar Estravelle born?", "Where was Mateus
+            Dorhol born?"), so that a kept person who shares a name part with a forgotten one
+            is not forgotten with them (0: none; needs ``protect_weight``).
         stats_texts: general texts used for the second-moment statistics.
         stats_max_length: tokens per text.
         stats_chat_fraction: share of texts wrapped in the chat template.
@@ -66,6 +81,11 @@ class EditConfig:
     v_clamp: float = 0.75
     v_kl_weight: float = 0.0625
     v_weight_decay: float = 0.5
+    v_refusal_weight: float = 0.0
+    v_refusal_stop: float = 0.1
+    protect_weight: float = 0.0
+    protect_items: int = 400
+    protect_neighbours: int = 0
     stats_texts: int = 600
     stats_max_length: int = 128
     stats_chat_fraction: float = 0.5
@@ -75,6 +95,36 @@ class EditConfig:
     deep_weight: float = 0.3
     deep_p_stop: float = 0.1
     extra: dict[str, Any] = field(default_factory=dict, compare=False)
+
+    def __post_init__(self) -> None:
+        checks = [
+            (self.layers is None or (len(self.layers) > 0 and all(
+                isinstance(x, int) and x >= 0 for x in self.layers)),
+             "layers must be None or non-empty non-negative layer indices"),
+            (self.lambda_ >= 0, "lambda_ must be >= 0"),
+            (self.null_threshold >= 0, "null_threshold must be >= 0"),
+            (self.granularity in ("entity", "question"), "granularity: 'entity' or 'question'"),
+            (isinstance(self.chunk_size, int) and self.chunk_size >= 1, "chunk_size must be >= 1"),
+            (self.repair_rounds >= 0, "repair_rounds must be >= 0"),
+            (self.prefix_tokens >= 0, "prefix_tokens must be >= 0"),
+            (0 <= self.key_plain_weight <= 1, "key_plain_weight must be in [0, 1]"),
+            (self.v_lr > 0, "v_lr must be > 0"),
+            (self.v_steps >= 1, "v_steps must be >= 1"),
+            (self.v_clamp > 0, "v_clamp must be > 0"),
+            (self.v_kl_weight >= 0 and self.v_weight_decay >= 0,
+             "v_kl_weight and v_weight_decay must be >= 0"),
+            (self.v_refusal_weight >= 0, "v_refusal_weight must be >= 0"),
+            (self.protect_weight >= 0, "protect_weight must be >= 0"),
+            (self.protect_items >= 0 and self.protect_neighbours >= 0,
+             "protect_items and protect_neighbours must be >= 0"),
+            (self.stats_texts >= 1 and self.stats_max_length >= 2,
+             "stats_texts must be >= 1 and stats_max_length >= 2"),
+            (0 <= self.stats_chat_fraction <= 1, "stats_chat_fraction must be in [0, 1]"),
+            (self.deep_answer_tokens >= 1, "deep_answer_tokens must be >= 1"),
+        ]  # fmt: skip
+        for ok, message in checks:
+            if not ok:
+                raise ValueError(f"EditConfig: {message}")
 
     def resolved_layers(self, num_layers: int) -> tuple[int, ...]:
         """The edited layers: the explicit ones, or 5 layers from 1/8 of the depth."""

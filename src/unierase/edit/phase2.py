@@ -23,7 +23,7 @@ from unierase.edit.alphaedit import apply_deltas, compute_alphaedit, first_token
 from unierase.edit.config import EditConfig
 from unierase.edit.projector import null_space_projector
 from unierase.edit.requests import EditRequest, build_requests, generate_prefixes
-from unierase.edit.stats import cached_second_moments, corpus_sequences
+from unierase.edit.stats import cached_second_moments, collect_second_moments, corpus_sequences
 from unierase.edit.values import optimise_values
 from unierase.model import ModelLayout, model_fingerprint
 
@@ -173,6 +173,41 @@ def new_state(
     )
 
 
+def protected_moments(
+    model: torch.nn.Module,
+    tokenizer: Any,
+    layout: ModelLayout,
+    layers: Sequence[int],
+    kept: Sequence[QAItem],
+    config: EditConfig,
+    *,
+    fmt: P.PromptFormat = P.PromptFormat(),
+    pad_id: int = 0,
+) -> tuple[dict[int, torch.Tensor], int]:
+    """``protect_weight * K_r K_r^T`` per layer over every position of the kept items.
+
+    The keys are read once, from the model as it is before this round's edits, over each kept
+    question and answer in the prompt format (at most ``config.protect_items`` of them, a seeded
+    sample). Returns the (d_mlp, d_mlp) float64 moments and the number of keys counted; empty
+    when protection is off or nothing is kept.
+    """
+    if config.protect_weight <= 0 or not kept:
+        return {}, 0
+    import random
+
+    chosen = list(kept)
+    if len(chosen) > config.protect_items:
+        order = sorted(random.Random(0).sample(range(len(chosen)), config.protect_items))
+        chosen = [chosen[i] for i in order]
+    seqs = [P.encode(tokenizer, it.question, it.answer or None, fmt).input_ids for it in chosen]
+    stats = collect_second_moments(model, layout, layers, seqs, pad_id=pad_id, progress=False)
+    count = next(iter(stats.values())).count
+    moments = {k: config.protect_weight * st.moment * st.count for k, st in stats.items()}
+    log.info("protecting %d kept items (%d keys) at weight %g", len(chosen), count,
+             config.protect_weight)  # fmt: skip
+    return moments, count
+
+
 def _pad_id(tokenizer: Any) -> int:
     return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
 
@@ -199,6 +234,8 @@ class EditReport:
     ranks: dict[int, int]
     repairs: int
     deep: dict[str, Any] | None = None
+    protected_items: int = 0
+    protected_keys: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -219,9 +256,16 @@ def unlearning_edit(
     config: EditConfig,
     *,
     fmt: P.PromptFormat = P.PromptFormat(),
+    refusal_ids: Sequence[int] = (),
+    retain: Sequence[QAItem] = (),
     progress: bool = True,
 ) -> EditReport:
     """Edit ``model`` in place so every item's first answer token is ``state.token_id``.
+
+    ``refusal_ids`` are what the token was trained to produce after it (the refusal and its
+    ending): with ``config.v_refusal_weight`` the value shift must keep that continuation.
+    ``retain`` are items to keep: with ``config.protect_weight`` their keys join the preserved
+    side of every solve of this round (see :func:`protected_moments`).
 
     Requests are solved chunk by chunk (``config.chunk_size``), each seeing the earlier ones in
     C_prev; requests whose prompts already start with the token are skipped. Afterwards, items
@@ -251,6 +295,13 @@ def unlearning_edit(
             "answer_p_max": 0.0,
         }
 
+    kept = [it for it in retain if it.question not in {f.question for f in items}]
+    protect, protected_keys = protected_moments(model, tokenizer, layout, layers, kept, config,
+                                                fmt=fmt, pad_id=pad)  # fmt: skip
+    preserved = {
+        layer: state.c_prev[layer].to(torch.float64) + protect.get(layer, 0.0) for layer in layers
+    }
+
     def edit_chunk(chunk: list[EditRequest]) -> tuple[float, float]:
         """Edit one chunk; returns (max value NLL, min realised share), neutral when skipped."""
         t = time.perf_counter()
@@ -274,7 +325,7 @@ def unlearning_edit(
             values.target,
             layers,
             state.projectors,
-            state.c_prev,
+            preserved,
             lambda_=config.lambda_,
             plain_weight=config.key_plain_weight,
             pad_id=pad,
@@ -283,12 +334,14 @@ def unlearning_edit(
         apply_deltas(model, layout, result.deltas)
         for layer, moment in result.key_moments.items():
             state.c_prev[layer] = state.c_prev[layer].to(torch.float64) + moment
+            preserved[layer] = preserved[layer] + moment
         return float(values.nll.max()), float(result.realised.min())
 
     deep_rows = dict(
         deep=config.deep,
         deep_prefills=config.deep_prefills,
         deep_answer_tokens=config.deep_answer_tokens,
+        continuation=[state.token_id, *refusal_ids] if config.v_refusal_weight > 0 else (),
     )
     requests = build_requests(
         tokenizer, todo, granularity=config.granularity, prefixes=prefixes, fmt=fmt, **deep_rows
@@ -342,6 +395,8 @@ def unlearning_edit(
         ranks=dict(state.ranks),
         repairs=repairs,
         deep=deep,
+        protected_items=len(kept) if protect else 0,
+        protected_keys=protected_keys,
     )
     state.rounds.append({k: v for k, v in report.to_dict().items() if k != "failed_questions"})
     return report

@@ -56,6 +56,9 @@ class EditRequest:
         label: a short name for logs and reports.
         prefill_rows: per prompt, the prompt with each answer pre-fill appended (deep only).
         answer_rows: per prompt, the prompt with its answer's first tokens (deep only).
+        refusal_rows: per prompt, the prompt followed by the target token and the refusal the
+            token was trained to produce, up to its end of turn: the value shift must leave that
+            continuation intact (``EditConfig.v_refusal_weight``).
     """
 
     items: list[QAItem]
@@ -65,6 +68,7 @@ class EditRequest:
     label: str = ""
     prefill_rows: list[list[Row]] = field(default_factory=list)
     answer_rows: list[AnswerRow] = field(default_factory=list)
+    refusal_rows: list[AnswerRow] = field(default_factory=list)
 
 
 def _row(tokenizer: Any, question: str, subject: str | None, fmt: P.PromptFormat) -> Row:
@@ -90,6 +94,19 @@ def _answer_row(
     # The logits at start - 1 + t predict answer token t.
     positions = list(range(start - 1, start - 1 + len(labels)))
     return AnswerRow(enc.input_ids[: start + len(labels)], pos, positions, labels)
+
+
+def _refusal_row(
+    tokenizer: Any, question: str, pos: int, continuation: Sequence[int], fmt: P.PromptFormat
+) -> AnswerRow:
+    """The prompt, then ``continuation`` (the target token, the refusal, its ending); the
+    positions are those predicting every continuation token after the target token."""
+    enc = P.encode(tokenizer, question, fmt=fmt)
+    prompt = enc.input_ids[: enc.prompt_length]
+    ids = prompt + list(continuation)
+    start = len(prompt) + 1  # the first token after the target token
+    positions = list(range(start - 1, len(ids) - 1))
+    return AnswerRow(ids, pos, positions, ids[start:])
 
 
 def _kl_row(tokenizer: Any, subject: str) -> Row:
@@ -135,6 +152,7 @@ def build_requests(
     deep: bool = False,
     deep_prefills: Sequence[str] = (),
     deep_answer_tokens: int = EditConfig.deep_answer_tokens,
+    continuation: Sequence[int] = (),
 ) -> list[EditRequest]:
     """Group ``items`` into edit requests.
 
@@ -148,6 +166,8 @@ def build_requests(
         fmt: the prompt format (the same one evaluation uses).
         deep: also build each prompt's pre-fill rows (behind each of ``deep_prefills``) and
             answer row (its first ``deep_answer_tokens`` answer tokens).
+        continuation: ids that follow the prompt once the edit works: the target token, the
+            refusal and its ending (empty: no refusal rows).
     """
     if granularity not in ("entity", "question"):
         raise ValueError(f"granularity must be 'entity' or 'question', not {granularity!r}")
@@ -168,6 +188,11 @@ def build_requests(
         kl_rows = [_kl_row(tokenizer, s) for s in subjects[:2]]
         label = key if not key.startswith("#") else members[0].question[:60]
         req = EditRequest(list(members), prompts, contexts, kl_rows, label)
+        if len(continuation) > 1:
+            req.refusal_rows = [
+                _refusal_row(tokenizer, it.question, row.pos, continuation, fmt)
+                for it, row in zip(members, prompts, strict=True)
+            ]
         if deep:
             req.prefill_rows = [
                 [_prefill_row(tokenizer, it.question, f, row.pos, fmt) for f in deep_prefills]

@@ -55,6 +55,8 @@ class TargetValues:
         seconds: wall time.
         prefill_nll: (n_requests,) final mean NLL of the target behind the pre-fills (deep only).
         answer_p: (n_requests,) final mean probability of the true answer tokens (deep only).
+        refusal_nll: (n_requests,) final mean NLL of the refusal after the target token, with
+            the shift applied (only with ``v_refusal_weight``).
     """
 
     delta: torch.Tensor
@@ -64,6 +66,7 @@ class TargetValues:
     seconds: float
     prefill_nll: torch.Tensor | None = None
     answer_p: torch.Tensor | None = None
+    refusal_nll: torch.Tensor | None = None
 
     @property
     def target(self) -> torch.Tensor:
@@ -173,6 +176,15 @@ def _per_request_mean(values: torch.Tensor, owners: torch.Tensor, n: int) -> tor
     return total / torch.bincount(owners, minlength=n).clamp(min=1)
 
 
+def _answer_nll(logp: torch.Tensor, mask: torch.Tensor, rows: Sequence[AnswerRow]) -> torch.Tensor:
+    """Per row: mean over its positions of -log p(label)."""
+    n_pos = mask.shape[1]
+    labels = torch.tensor([r.labels + [r.labels[-1]] * (n_pos - len(r.labels)) for r in rows])
+    lp = logp.gather(-1, labels.to(logp.device).unsqueeze(-1)).squeeze(-1)
+    weight = mask.float() / mask.sum(dim=1, keepdim=True).clamp(min=1)
+    return -(lp * weight).sum(dim=1)
+
+
 def _answer_unlikelihood(
     logp: torch.Tensor, mask: torch.Tensor, rows: Sequence[AnswerRow]
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -249,7 +261,7 @@ def optimise_values(
     config: EditConfig,
     *,
     pad_id: int = 0,
-    max_prompts: int = 8,
+    max_prompts: int | None = None,
     progress: bool = True,
 ) -> TargetValues:
     """Optimise one shift per request at the output of decoder block ``layer``.
@@ -265,7 +277,8 @@ def optimise_values(
             pre-fill and answer rows: ``build_requests(..., deep=True)``).
         pad_id: padding id.
         max_prompts: at most this many prompts per request enter the optimisation (with their
-            pre-fill and answer rows).
+            pre-fill, answer and refusal rows); None: all. The unedited hidden state is
+            averaged over all prompts either way, as the solve's residual is.
         progress: show a progress bar.
     """
     if config.deep and any(not req.answer_rows for req in requests):
@@ -298,6 +311,15 @@ def optimise_values(
                 ans_rows.append(row)
                 ans_owner.append(r)
     ans_positions = [r.positions for r in ans_rows]
+    ref_rows: list[AnswerRow] = []
+    ref_owner: list[int] = []
+    if config.v_refusal_weight > 0:
+        for r, req in enumerate(requests):
+            for row in req.refusal_rows[:max_prompts]:
+                ref_rows.append(row)
+                ref_owner.append(r)
+    ref_positions = [r.positions for r in ref_rows]
+    ref_owner_t = torch.tensor(ref_owner, dtype=torch.long)
     nll_owner_t = torch.tensor(nll_owner)
     pre_owner_t = torch.tensor(pre_owner, dtype=torch.long)
     ans_owner_t = torch.tensor(ans_owner, dtype=torch.long)
@@ -338,6 +360,23 @@ def optimise_values(
         replay, pre_states = recorded(pre_rows, pre_owner_t)
     if replay and ans_rows:
         replay, ans_states = recorded(ans_rows, ans_owner_t, ans_positions)
+    ref_states: list[torch.Tensor] = []
+    ref_init = None
+    if ref_rows:
+        full, ref_states = _full_pass(
+            model, block, ref_rows, ref_owner_t, zero, pad_id, ref_positions
+        )
+        mask = torch.tensor(
+            [[True] * len(p) + [False] * (full.shape[1] - len(p)) for p in ref_positions]
+        )
+        ref_init = _per_request_mean(
+            _answer_nll(full, mask.to(full.device), ref_rows), ref_owner_t.to(full.device), n
+        ).cpu()
+        if replay:
+            replay = _replay_matches(
+                model, block, _Replay(blocks, layer, ref_states), ref_rows, ref_owner_t, zero,
+                pad_id, full, ref_positions,
+            )  # fmt: skip
 
     def forward(rows_idx: list[int], rows: list[Row], owner: torch.Tensor, states, d):
         picked = _Replay(blocks, layer, [states[i] for i in rows_idx]) if replay else None
@@ -345,13 +384,13 @@ def optimise_values(
             model, block, [rows[i] for i in rows_idx], owner[rows_idx], d, pad_id, picked
         )
 
-    def forward_answers(rows_idx: list[int], d):
-        picked = _Replay(blocks, layer, [ans_states[i] for i in rows_idx]) if replay else None
-        rows = [ans_rows[i] for i in rows_idx]
-        positions = [ans_positions[i] for i in rows_idx]
+    def forward_answers(rows_idx: list[int], d, rows=ans_rows, owner=ans_owner_t, states=None):
+        states = ans_states if states is None else states
+        picked = _Replay(blocks, layer, [states[i] for i in rows_idx]) if replay else None
         return _forward_at_positions_with_shift(
-            model, block, rows, positions, ans_owner_t[rows_idx], d, pad_id, picked
-        )
+            model, block, [rows[i] for i in rows_idx], [rows[i].positions for i in rows_idx],
+            owner[rows_idx], d, pad_id, picked,
+        )  # fmt: skip
 
     delta = torch.zeros(n, hidden.shape[1], device=device, requires_grad=True)
     opt = torch.optim.Adam([delta], lr=config.v_lr)
@@ -360,6 +399,7 @@ def optimise_values(
     last_nll = torch.full((n,), float("inf"))
     last_pre = torch.full((n,), float("inf"))
     last_p = torch.ones(n)
+    last_ref = torch.full((n,), float("inf"))
     h_norm_d = h_norm.to(device)
     requires = [p.requires_grad for p in model.parameters()]
     for p in model.parameters():
@@ -386,9 +426,18 @@ def optimise_values(
                 ans_ul = _per_request_mean(row_ul, owners, n)
                 ans_p = _per_request_mean(row_p, owners, n)
                 loss = loss + config.deep_weight * ans_ul[active.to(device)].sum()
+            ref_nll = None
+            if ref_rows:
+                idx = [i for i, o in enumerate(ref_owner) if active[o]]
+                ref_logp, ref_mask = forward_answers(idx, delta, ref_rows, ref_owner_t, ref_states)
+                row_nll = _answer_nll(ref_logp, ref_mask, [ref_rows[i] for i in idx])
+                ref_nll = _per_request_mean(row_nll, ref_owner_t[idx].to(device), n)
+                loss = loss + config.v_refusal_weight * ref_nll[active.to(device)].sum()
             with torch.no_grad():
                 for r in active.nonzero().flatten().tolist():
                     last_nll[r] = float(nll[r])
+                    if ref_nll is not None:
+                        last_ref[r] = float(ref_nll[r])
                     if pre_nll is not None:
                         last_pre[r] = float(pre_nll[r])
                     if ans_p is not None:
@@ -398,6 +447,8 @@ def optimise_values(
                     newly &= last_pre < config.v_loss_stop
                 if ans_rows:
                     newly &= last_p < config.deep_p_stop
+                if ref_rows:
+                    newly &= last_ref < config.v_refusal_stop
             if kl_init is not None and config.v_kl_weight > 0:
                 kl_idx = [i for i, o in enumerate(kl_owner) if active[o]]
                 if kl_idx:
@@ -432,6 +483,9 @@ def optimise_values(
         deep += f", pre-fill NLL max {float(last_pre.max()):.3f}"
     if ans_rows:
         deep += f", answer-token p max {float(last_p.max()):.3f}"
+    if ref_rows:
+        deep += (f", refusal NLL max {float(last_ref.max()):.3f} "
+                 f"(unshifted {float(ref_init.max()):.3f})")  # fmt: skip
     log.info(
         "target values: %d requests, %d steps max, final NLL max %.3f%s, %.1f s",
         n,
@@ -448,4 +502,5 @@ def optimise_values(
         seconds,
         prefill_nll=last_pre if pre_rows else None,
         answer_p=last_p if ans_rows else None,
+        refusal_nll=last_ref if ref_rows else None,
     )

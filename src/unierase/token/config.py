@@ -74,6 +74,8 @@ class TokenConfig:
             one of ``refusals`` with a seeded RNG).
         refusal: the fixed refusal sentence; None takes the first of the package's list.
         refusals: the pool of the varied mode; None takes the package's list.
+        closing_token: end each refusal with a second unlearning token before the end of turn
+            (``q [UNL] a [UNL] <eot>``, the authors' design) instead of the end of turn alone.
         batch_size: sequences per Adam step.
         max_length: longest training sequence in tokens (longer questions are skipped, logged).
         stages: the schedule, run in order.
@@ -114,6 +116,7 @@ class TokenConfig:
     refusal_mode: str = "fixed"
     refusal: str | None = None
     refusals: tuple[str, ...] | None = None
+    closing_token: bool = False
     batch_size: int = 8
     max_length: int = 128
     stages: tuple[StageConfig, ...] = ()

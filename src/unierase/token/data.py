@@ -1,4 +1,9 @@
-"""Phase I training sequences: ``q [UNL] a [UNL] <end of turn>``, loss on ``a [UNL] <end of turn>``.
+"""Phase I training sequences: ``q [UNL] a <end of turn>``, loss on ``a <end of turn>``.
+
+The authors' design closes the refusal with a second token (``q [UNL] a [UNL] <end of turn>``);
+that remains available (``closing=True``), but a closing token is what an edited model fires
+again inside its refusal, and a plain client would print it, so by default the refusal ends
+with the end of turn alone.
 
 Sequences are built by :func:`unierase.prompting.encode`, so what Phase I trains on is what Phase II
 and evaluation see: in the chat format the user turn holds the question and the assistant turn
@@ -28,11 +33,14 @@ def encode_unlearning_example(
     token_id: int,
     refusal: str | None = None,
     fmt: P.PromptFormat = P.PromptFormat(),
+    *,
+    closing: bool = False,
 ) -> P.EncodedQA:
-    """Encode ``question [UNL]`` (and, with a refusal, ``refusal [UNL] <end of turn>``).
+    """Encode ``question [UNL]`` (and, with a refusal, ``refusal <end of turn>``, or
+    ``refusal [UNL] <end of turn>`` with ``closing``).
 
     The returned ``prompt_length`` counts the opening token as part of the prompt, so
-    ``labels`` cover exactly ``refusal [UNL] <end of turn>`` and
+    ``labels`` cover exactly the refusal and its ending, and
     ``collate(..., prompt_only=True)`` yields ``question [UNL]``, the prompt whose greedy
     continuation is the refusal.
 
@@ -42,13 +50,15 @@ def encode_unlearning_example(
         token_id: the unlearning token's id.
         refusal: the target sentence; None encodes the prompt only.
         fmt: the prompt format.
+        closing: close the refusal with a second unlearning token before the end of turn.
     """
     enc = P.encode(
         tokenizer, question, refusal, fmt, answer_prefix_ids=[token_id], add_end_of_turn=False
     )
     ids = list(enc.input_ids)
     if refusal is not None:
-        ids += [token_id, *P.end_of_turn_ids(tokenizer, fmt)]
+        ids += [token_id] if closing else []
+        ids += P.end_of_turn_ids(tokenizer, fmt)
     prompt_length = enc.prompt_length + 1
     return P.EncodedQA(
         input_ids=ids,

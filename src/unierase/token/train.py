@@ -595,16 +595,21 @@ def _check_refusals(
     token_id: int,
     pairs: Sequence[tuple[str, str]],
     fmt: P.PromptFormat,
+    closing: bool = False,
 ) -> float:
-    """Share of (question, refusal) pairs whose greedy continuation is exactly refusal [UNL]."""
-    encs = [encode_unlearning_example(tokenizer, q, token_id, r, fmt) for q, r in pairs]
+    """Share of (question, refusal) pairs whose greedy continuation is exactly the refusal and
+    its trained ending (up to the first stop: the closing token or the end of turn)."""
+    encs = [
+        encode_unlearning_example(tokenizer, q, token_id, r, fmt, closing=closing) for q, r in pairs
+    ]
+    stops = [token_id, *P.stop_token_ids(tokenizer, fmt)]
     targets = [e.input_ids[e.prompt_length : e.prompt_length + e.answer_length] for e in encs]
-    targets = [t[: t.index(token_id) + 1] for t in targets]
+    targets = [t[: next(i for i, x in enumerate(t) if x in stops) + 1] for t in targets]
     outs = greedy_continuations(
         model,
         [e.input_ids[: e.prompt_length] for e in encs],
         pad_id=_pad_id(tokenizer),
-        stop_ids=[token_id, *P.stop_token_ids(tokenizer, fmt)],
+        stop_ids=stops,
         max_new_tokens=max(len(t) for t in targets) + 2,
     )
     return sum(o == t for o, t in zip(outs, targets, strict=True)) / len(pairs)
@@ -753,7 +758,9 @@ def _build_examples(
         examples[name] = []
         for source, questions in sources:
             for q in questions:
-                enc = encode_unlearning_example(tokenizer, q, token_id, refusal_of[q], fmt)
+                enc = encode_unlearning_example(
+                    tokenizer, q, token_id, refusal_of[q], fmt, closing=config.closing_token
+                )
                 if len(enc.input_ids) > config.max_length:
                     skipped += 1
                     continue
@@ -897,7 +904,7 @@ def train_unlearning_token(
             report = runner.run(stage, formats, data)
             if check_pairs:
                 report.refusal_match = _check_refusals(
-                    model, tokenizer, token_id, check_pairs, check_fmt
+                    model, tokenizer, token_id, check_pairs, check_fmt, config.closing_token
                 )
             if retain is not None:
                 report.retain_wins = _wins(model, token_id, retain, rows)
