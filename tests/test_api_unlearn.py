@@ -122,8 +122,9 @@ def test_sequential_needs_a_resume_and_refuses_a_plain_model(base_dir, tmp_path)
 
 def test_failed_run_leaves_previous_output(base_dir, tmp_path, monkeypatch):
     out = tmp_path / "out"
-    out.mkdir()
-    (out / "previous.txt").write_text("kept")
+    out.mkdir()  # an earlier unlearn output (by its files): the only kind a run may replace
+    for name in ("unierase_report.json", "unierase_state.json", "config.json"):
+        (out / name).write_text("kept")
     from unierase.edit import phase2
 
     def boom(*a, **k):
@@ -140,5 +141,5 @@ def test_failed_run_leaves_previous_output(base_dir, tmp_path, monkeypatch):
             token_overrides=_token_settings(),
             progress=False,
         )
-    assert (out / "previous.txt").read_text() == "kept"
+    assert all((out / n).read_text() == "kept" for n in ("unierase_report.json", "config.json"))
     assert [p.name for p in tmp_path.iterdir()] == ["out"]  # no temporary directory left

@@ -12,6 +12,7 @@ import torch
 
 from unierase import finetune as F
 from unierase import prompting as P
+from unierase.artifacts import OutputDirError
 from unierase.data.schema import DataError, QAItem
 from unierase.finetune import (
     PRESETS,
@@ -463,8 +464,10 @@ def test_out_directory_gets_a_copy(tiny_checkpoint, synth_dir, tmp_path):
     result = finetune_cached(data, tiny_checkpoint, FAST, out=out)
     assert (out / "model.safetensors").is_file()
     assert read_meta(out)["key"] == result.key
-    with pytest.raises(FileExistsError):
-        finetune_cached(data, tiny_checkpoint, FAST, out=tmp_path / "base")
+    with pytest.raises(FileExistsError):  # an earlier copy is replaced only with overwrite
+        finetune_cached(data, tiny_checkpoint, FAST, out=out)
+    with pytest.raises(OutputDirError, match="is the input"):  # never the base model
+        finetune_cached(data, tiny_checkpoint, FAST, out=tmp_path / "base", overwrite=True)
 
 
 # ----------------------------------------------------------------------------- CLI

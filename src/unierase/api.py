@@ -4,7 +4,9 @@ A run reads a model, never writes to it, and writes a complete output directory:
 Hugging Face checkpoint with the unlearning token (loadable by plain transformers), the token's
 record (``unierase_token.json``), the edit state (``unierase_state.json`` / ``.safetensors``: the
 projectors and C_prev that a later sequential round continues from) and ``unierase_report.json``.
-Outputs are written to a temporary directory and moved into place only when complete.
+Outputs are written to a temporary directory and moved into place only when complete, and
+only over an earlier ``unlearn`` output (``unierase.artifacts.check_out_dir``): never over the
+model, the resume directory (unless continuing in place) or a directory of other files.
 """
 
 from __future__ import annotations
@@ -12,8 +14,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
-import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
@@ -22,7 +22,9 @@ from typing import Any, Literal
 
 import torch
 
+from unierase import artifacts as A
 from unierase import prompting as P
+from unierase._util.atomic import atomic_dir
 from unierase.data.schema import DataError, QAItem
 from unierase.edit import phase2
 from unierase.edit.config import PRESETS, EditConfig, preset_for
@@ -30,7 +32,7 @@ from unierase.model import find_layout, load
 
 log = logging.getLogger(__name__)
 
-REPORT_FILE = "unierase_report.json"
+REPORT_FILE = A.UNLEARN_REPORT
 Mode = Literal["batch", "sequential", "precise"]
 
 
@@ -53,25 +55,6 @@ class UnlearnReport:
 
 class ResumeError(ValueError):
     """A resume directory that cannot be continued from (missing state, another model)."""
-
-
-def _write_atomically(out_dir: Path, write) -> None:
-    """Call ``write(tmp_dir)`` and move the result to ``out_dir`` only when it succeeded."""
-    out_dir = Path(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
-    try:
-        write(tmp)
-        if out_dir.exists():
-            old = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")
-            os.replace(out_dir, old)
-            os.replace(tmp, out_dir)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
 
 
 def unlearn(
@@ -98,7 +81,9 @@ def unlearn(
         model: anything ``unierase.load`` accepts (ignored with ``resume``, which names the
             previous output to continue from).
         forget: the items to forget (subjects improve the edit; groups make entity-level edits).
-        out_dir: where the checkpoint, state and report go (may equal ``resume``).
+        out_dir: where the checkpoint, state and report go: a new or empty directory, or an
+            earlier unlearn output (replaced as a whole when the run succeeds). It may not be or
+            contain ``model``; it may equal ``resume`` (continuing in place).
         retain: items that must be kept; their questions widen Phase I's training (breadth).
         mode: "batch" (Phase I, then one edit of the whole set in chunks), "sequential" (needs
             ``resume``: reuse its token and continue its C_prev), "precise" (one or a few items,
@@ -113,6 +98,10 @@ def unlearn(
         seed: seeds Phase I.
         dtype, device_map: passed to ``unierase.load``.
         progress: progress bars.
+
+    Raises:
+        unierase.artifacts.OutputDirError: ``out_dir`` may not be written (checked first).
+        ResumeError: ``resume`` cannot be continued from.
     """
     from unierase.token import (
         read_token_state,
@@ -131,6 +120,8 @@ def unlearn(
     if mode == "sequential" and resume is None:
         raise ResumeError("sequential mode continues a saved run: pass resume=<previous output>")
     source = str(resume) if resume is not None else str(model)
+    # Before any work: the output may only replace an earlier unlearn output, never an input.
+    A.check_out_dir(out_dir, A.UNLEARN, inputs=(model, resume), allow_in_place=resume)
     seconds: dict[str, float] = {}
 
     t = time.perf_counter()
@@ -219,7 +210,8 @@ def unlearn(
         result.seconds = {k: round(v, 2) for k, v in seconds.items()}
         (tmp / REPORT_FILE).write_text(json.dumps(result.to_dict(), indent=2, ensure_ascii=False))
 
-    _write_atomically(Path(out_dir), write)
+    with atomic_dir(out_dir) as tmp:
+        write(tmp)
     log.info("unlearned %d questions (edit success %.0f%%) in %.1f s -> %s", len(forget),
              100 * edit.success, time.perf_counter() - t0, out_dir)  # fmt: skip
     return result

@@ -46,6 +46,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from unierase import artifacts as A
+from unierase._util.atomic import write_atomically
+
 log = logging.getLogger(__name__)
 
 UNIERASE = "UniErase"
@@ -59,8 +62,8 @@ DEFAULT_TOFU = Path("../shared/data/tofu")
 # tofu-mini: TOFU's first 2 forget10 authors and 8 retain authors, 10 QA each (100 QA), sized
 # for 2 CPU cores like the demo's synthetic set.
 TOFU_MINI = {"authors": 10, "forget_authors": 2, "questions_per_author": 10}
-RESULTS_FILE = "results.json"
-TABLE_FILE = "table.md"
+RESULTS_FILE = A.BENCH_RESULTS
+TABLE_FILE = A.BENCH_TABLE
 ATTACK_DIR = "attacks"  # per model, beside its eval directory (``--attacks``)
 FILTER_DIR = "filter"  # realworld: the base model's answers and which questions it knows
 FILTER_FILE = "filter.jsonl"
@@ -401,6 +404,8 @@ def _realworld_data(
     import dataclasses
 
     from unierase import prompting as P
+    from unierase._util.atomic import atomic_dir
+    from unierase._util.jsonl import read_jsonl, write_jsonl
     from unierase.data.realworld import (
         REALWORLD_FILE,
         accepted_answers,
@@ -411,7 +416,6 @@ def _realworld_data(
     from unierase.data.schema import DataError
     from unierase.demo import _fingerprint_file, _mark_done, _stage_done, _stage_key
     from unierase.finetune import TrainingData
-    from unierase.model import _atomic_dir
 
     t = time.perf_counter()
     items = load_realworld(settings.data)
@@ -429,23 +433,24 @@ def _realworld_data(
     filter_file = filter_dir / FILTER_FILE
     cached = _stage_done(filter_dir, key)
     if cached:
-        rows = [json.loads(line) for line in filter_file.read_text("utf-8").splitlines() if line]
+        rows = read_jsonl(filter_file)
         answers = [row["generation"] for row in rows]
     else:
         answers = _base_answers(settings, [item.question for item in items])
     known = [is_known(item, answer) for item, answer in zip(items, answers, strict=True)]
     if not cached:
-        with _atomic_dir(filter_dir) as tmp:
-            with open(tmp / FILTER_FILE, "w", encoding="utf-8") as f:
-                for item, answer, ok in zip(items, answers, known, strict=True):
-                    row = {
-                        "question": item.question,
-                        "group": item.group,
-                        "accepted": accepted_answers(item),
-                        "generation": answer,
-                        "known": ok,
-                    }
-                    f.write(json.dumps(row, ensure_ascii=False) + "\n")
+        rows = [
+            {
+                "question": item.question,
+                "group": item.group,
+                "accepted": accepted_answers(item),
+                "generation": answer,
+                "known": ok,
+            }
+            for item, answer, ok in zip(items, answers, known, strict=True)
+        ]
+        with atomic_dir(filter_dir) as tmp:
+            write_jsonl(tmp / FILTER_FILE, rows)
             _mark_done(tmp, key)
     try:
         split = split_known(items, known, n_forget=settings.forget, seed=settings.seed)
@@ -453,10 +458,9 @@ def _realworld_data(
         raise DataError(f"{settings.model}: {err} The answers are in {filter_file}.") from err
 
     data_dir = out_dir / "data"
-    with _atomic_dir(data_dir) as tmp:
+    with atomic_dir(data_dir) as tmp:
         for name, subset in (("forget", split.forget), ("neighbours", split.neighbours)):
-            lines = [json.dumps(item.to_dict(), ensure_ascii=False) for item in subset]
-            (tmp / f"{name}.jsonl").write_text("\n".join(lines) + "\n", "utf-8")
+            write_jsonl(tmp / f"{name}.jsonl", [item.to_dict() for item in subset])
     record = {
         **split.describe(),
         "source": source,
@@ -496,6 +500,10 @@ def run_bench(
     """Run every stage (see the module docstring); ``out`` writes a status line for the user.
 
     ``settings.mode`` "sequential" and "precise" run ``unierase.bench_modes`` instead.
+
+    Raises:
+        unierase.artifacts.OutputDirError: ``settings.out`` is not new, empty or an earlier
+            bench run, or it is or contains an input (checked before any work).
     """
     import dataclasses
 
@@ -508,6 +516,9 @@ def run_bench(
         raise ValueError(f"{UNIERASE_DEEP} runs in batch mode only, not {settings.mode!r}")
     if settings.attacks and settings.mode != "batch":
         raise ValueError(f"--attacks runs in batch mode only, not {settings.mode!r}")
+    tofu = settings.tofu_dir if settings.tofu_dir is not None else DEFAULT_TOFU
+    inputs = (settings.model, settings.data, tofu if settings.preset == "tofu-mini" else None)
+    A.check_out_dir(settings.out, A.BENCH, inputs=inputs)
     if settings.mode != "batch":
         from unierase.bench_modes import run_mode_bench
 
@@ -686,9 +697,8 @@ def run_bench(
         if k not in ("stats_texts",)
     }
     table = format_table(results)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / RESULTS_FILE).write_text(json.dumps(results, indent=2, default=str) + "\n", "utf-8")
-    (out_dir / TABLE_FILE).write_text(table + "\n", "utf-8")
+    write_atomically(out_dir / RESULTS_FILE, json.dumps(results, indent=2, default=str) + "\n")
+    write_atomically(out_dir / TABLE_FILE, table + "\n")
     out("")
     out(table)
     out(f"\nresults: {out_dir / RESULTS_FILE}, table: {out_dir / TABLE_FILE}")

@@ -30,6 +30,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import html
+import io
 import json
 import logging
 import random
@@ -39,6 +40,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from unierase import artifacts as A
+from unierase._util.atomic import write_atomically
+from unierase._util.jsonl import write_jsonl
 from unierase.bench import (
     PROBE_ROLES,
     RESULTS_FILE,
@@ -62,10 +66,10 @@ from unierase.data.schema import DataError, QAItem
 log = logging.getLogger(__name__)
 
 MODES = ("batch", "sequential", "precise")
-HTML_FILE = "report.html"
-ROUNDS_CSV = "rounds.csv"
-PRECISE_CSV = "precise.csv"
-PLOT_FILE = "plot.png"
+HTML_FILE = A.BENCH_HTML
+ROUNDS_CSV = A.BENCH_ROUNDS_CSV
+PRECISE_CSV = A.BENCH_PRECISE_CSV
+PLOT_FILE = A.BENCH_PLOT
 PRECISE_RECORDS = "precise.jsonl"
 MU_COLLAPSE = 0.9  # a method "collapses" at the first round its MU is below 90% of the start
 
@@ -388,10 +392,11 @@ def _write_outputs(
     out: Callable[[str], None],
 ) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
-    with open(out_dir / csv_name, "w", newline="", encoding="utf-8") as f:
-        writer = csv.DictWriter(f, fieldnames=list(csv_rows[0]) if csv_rows else [])
-        writer.writeheader()
-        writer.writerows(csv_rows)
+    buffer = io.StringIO(newline="")
+    writer = csv.DictWriter(buffer, fieldnames=list(csv_rows[0]) if csv_rows else [])
+    writer.writeheader()
+    writer.writerows(csv_rows)
+    write_atomically(out_dir / csv_name, buffer.getvalue())
     try:
         plotted = plot(out_dir / PLOT_FILE)
     except Exception as err:  # a plot must never cost the measured results
@@ -406,10 +411,10 @@ def _write_outputs(
     }
     if not plotted:
         results["files"]["plot_note"] = "matplotlib is not installed: the plot's data is the CSV"
-    (out_dir / RESULTS_FILE).write_text(json.dumps(results, indent=2, default=str) + "\n", "utf-8")
-    (out_dir / TABLE_FILE).write_text(table + "\n", "utf-8")
-    (out_dir / HTML_FILE).write_text(
-        markdown_page_html(title, table, PLOT_FILE if plotted else None), "utf-8"
+    write_atomically(out_dir / RESULTS_FILE, json.dumps(results, indent=2, default=str) + "\n")
+    write_atomically(out_dir / TABLE_FILE, table + "\n")
+    write_atomically(
+        out_dir / HTML_FILE, markdown_page_html(title, table, PLOT_FILE if plotted else None)
     )
     out("")
     out(table)
@@ -892,10 +897,7 @@ def run_precise(settings: BenchSettings, out: Callable[[str], None]) -> BenchRes
                     "records": after,
                 }
             )
-        directory.mkdir(parents=True, exist_ok=True)
-        with open(directory / PRECISE_RECORDS, "w", encoding="utf-8") as f:
-            for row in rows:
-                f.write(json.dumps(row, ensure_ascii=False, default=str) + "\n")
+        write_jsonl(directory / PRECISE_RECORDS, rows, default=str)
         summary = precise_summary(rows)
         results["methods"][name] = {
             "summary": summary,

@@ -364,10 +364,10 @@ def _mark_done(directory: Path, key: str) -> None:
 
 def _write_run(result: Any, directory: Path) -> None:
     """Write an evaluation run (records, run.json, summary.json, table.txt) atomically."""
+    from unierase._util.atomic import atomic_dir
     from unierase.eval import suite
-    from unierase.model import _atomic_dir
 
-    with _atomic_dir(directory) as tmp:
+    with atomic_dir(directory) as tmp:
         suite.write_run(result, tmp)
         (tmp / "table.txt").write_text(suite.format_table(result.summary) + "\n", "utf-8")
 

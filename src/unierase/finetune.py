@@ -38,14 +38,16 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from unierase import artifacts as A
 from unierase import prompting as P
+from unierase._util.atomic import atomic_dir, write_atomically
 from unierase.data.schema import DataError, QAItem
 from unierase.train_config import TrainConfigMixin
 
 log = logging.getLogger(__name__)
 
 FINETUNED_DIR = "finetuned"
-META_FILE = "unierase_finetune.json"
+META_FILE = A.FINETUNE_META
 META_VERSION = 1
 Split = Literal["full", "retain"]
 SPLITS: tuple[str, ...] = ("full", "retain")
@@ -1153,30 +1155,31 @@ def save_finetuned(
     The directory appears only when everything is written; an interrupted save leaves a hidden
     temporary sibling (``.{name}.*``) that ``clear_cache`` removes, never a valid-looking entry.
     """
-    from unierase.model import _atomic_dir
-
     directory = Path(directory)
-    with _atomic_dir(directory) as tmp:
+    with atomic_dir(directory) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
         # Written last: its presence marks a complete checkpoint.
-        (tmp / META_FILE).write_text(json.dumps(meta, indent=2, ensure_ascii=False) + "\n")
+        write_atomically(tmp / META_FILE, json.dumps(meta, indent=2, ensure_ascii=False) + "\n")
     return directory
 
 
+def _refuse_earlier_finetune(out: Path, overwrite: bool) -> None:
+    if A.is_output(out, A.FINETUNE) and not overwrite:
+        raise FileExistsError(f"{out} already holds a fine-tuned checkpoint; pass overwrite to "
+                              f"replace it")  # fmt: skip
+
+
 def _copy_checkpoint(source: Path, out: Path, overwrite: bool) -> None:
+    """Copy the checkpoint ``source`` to ``out``: into a temporary sibling first, which then
+    replaces ``out`` (never deleted before the copy is complete)."""
     out = Path(out)
     if out.resolve() == source.resolve():
         return
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        if not overwrite:
-            raise FileExistsError(f"{out} exists and is not empty; pass overwrite to replace it")
-        if (out / "config.json").is_file() or read_meta(out) is not None:
-            shutil.rmtree(out)
-        else:
-            raise FileExistsError(f"{out} is not a model checkpoint; refusing to replace it")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copytree(source, out, dirs_exist_ok=True)
+    A.check_out_dir(out, A.FINETUNE, inputs=(source,))
+    _refuse_earlier_finetune(out, overwrite)
+    with atomic_dir(out) as tmp:
+        shutil.copytree(source, tmp, dirs_exist_ok=True)
 
 
 def finetune_cached(
@@ -1202,22 +1205,33 @@ def finetune_cached(
         model: embedded name, ``.gguf`` file, local checkpoint directory or hub id.
         config: hyper-parameters (None: the preset for the model's size).
         overrides: FinetuneConfig fields that replace those of ``config`` or the preset.
-        out: also copy the checkpoint to this directory.
-        overwrite: allow ``out`` to replace an existing checkpoint directory.
+        out: also copy the checkpoint to this directory: a new or empty one, or an earlier
+            fine-tune (replaced only once the copy is complete); never the base model or data.
+        overwrite: allow ``out`` to replace an earlier fine-tune.
         refresh: train again even when the cache has the entry.
         progress: show a progress bar.
 
     Returns:
         the checkpoint's path, key, whether it came from the cache, and its record.
+
+    Raises:
+        unierase.artifacts.OutputDirError: ``out`` is not new, empty or an earlier fine-tune,
+            or it is or contains an input (checked before any work).
+        FileExistsError: ``out`` holds an earlier fine-tune and ``overwrite`` is False.
     """
     from unierase.model import load
 
+    inputs = (model, data.description.get("directory"))
+    if out is not None:
+        A.check_out_dir(out, A.FINETUNE, inputs=inputs)
     split = str(data.description.get("split", "custom"))
     base_id = base_model_id(model)
     config, preset_name = resolve_config(model, config, **(overrides or {}))
     items_hash = data_hash(data.items)
     key = finetune_key(base_id, items_hash, split, config)
     target = finetuned_root() / key
+    if out is not None and Path(out).resolve() != target.resolve():
+        _refuse_earlier_finetune(Path(out), overwrite)
     meta = read_meta(target)
     if meta is not None and not refresh:
         log.info("fine-tune %s found in the cache: %s", key, target)

@@ -23,6 +23,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from unierase._util.atomic import atomic_dir
+
 log = logging.getLogger(__name__)
 
 
@@ -117,32 +119,6 @@ def _file_fingerprint(paths: list[Path]) -> str:
     return h.hexdigest()[:16]
 
 
-def _atomic_dir(final: Path):
-    """A temporary sibling directory that replaces ``final`` only when the block succeeds."""
-
-    class _Ctx:
-        def __enter__(self) -> Path:
-            final.parent.mkdir(parents=True, exist_ok=True)
-            self.tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
-            return self.tmp
-
-        def __exit__(self, exc_type, exc, tb) -> None:
-            if exc_type is not None:
-                shutil.rmtree(self.tmp, ignore_errors=True)
-                return
-            if final.exists():
-                # Move the old entry aside before deleting it: an rmtree in place that is
-                # interrupted would leave half an entry under the final name.
-                old = Path(tempfile.mkdtemp(prefix=f".{final.name}.old-", dir=final.parent))
-                os.replace(final, old / final.name)
-                os.replace(self.tmp, final)
-                shutil.rmtree(old, ignore_errors=True)
-            else:
-                os.replace(self.tmp, final)
-
-    return _Ctx()
-
-
 # Where a converted checkpoint came from and how long the conversion took (not part of its
 # identity: two conversions of the same file differ only here).
 SOURCE_FILE = "unierase_source.json"
@@ -207,7 +183,7 @@ def convert_gguf(gguf_path: Path, out_dir: Path) -> Path:
         raise RuntimeError(f"GGUF conversion mismatch: missing={missing} unexpected={unexpected}")
     if clean_is_tied(clean):
         clean.tie_weights()
-    with _atomic_dir(out_dir) as tmp:
+    with atomic_dir(out_dir) as tmp:
         clean.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
         (tmp / SOURCE_FILE).write_text(

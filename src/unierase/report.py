@@ -28,6 +28,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from unierase._util.atomic import write_atomically
+from unierase._util.jsonl import read_jsonl
 from unierase.bench import (
     RESULTS_FILE,
     TABLE_COLUMNS,
@@ -70,21 +72,13 @@ class BenchRun:
     records: dict[str, dict[str, list[dict[str, Any]]]]
 
 
-def _read_jsonl(path: Path) -> list[dict[str, Any]]:
-    rows = []
-    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError as err:
-            raise DataError(f"{path}:{n}: malformed JSON ({err.msg})") from err
-    return rows
-
-
 def _read_records(eval_dir: Path, splits: Sequence[str]) -> dict[str, list[dict[str, Any]]]:
     paths = {s: eval_dir / f"{s}.jsonl" for s in splits}
-    return {s: _read_jsonl(path) for s, path in paths.items() if path.is_file()}
+    return {
+        s: read_jsonl(path, source=str(path), error=DataError)
+        for s, path in paths.items()
+        if path.is_file()
+    }
 
 
 def load_run(run_dir: str | Path, splits: Sequence[str] = SAMPLE_SPLITS) -> BenchRun:
@@ -462,12 +456,7 @@ def write_report(run_dir: str | Path, out: str | Path | None = None, n_samples: 
     """
     run = load_run(run_dir)
     path = Path(out) if out is not None else Path(run_dir) / REPORT_FILE
-    text = render_html(run, n_samples=n_samples)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(path)
-    return path
+    return write_atomically(path, render_html(run, n_samples=n_samples))
 
 
 def write_figures(run_dir: str | Path, out_dir: str | Path) -> list[Path]:
@@ -480,7 +469,5 @@ def write_figures(run_dir: str | Path, out_dir: str | Path) -> list[Path]:
     for fig_id, _caption, svg, _missing in figures(load_run(run_dir).results):
         if svg is None:
             continue
-        path = out / f"{fig_id}.svg"
-        path.write_text(svg + "\n", encoding="utf-8")
-        paths.append(path)
+        paths.append(write_atomically(out / f"{fig_id}.svg", svg + "\n"))
     return paths

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -19,6 +18,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from unierase import artifacts as A
+from unierase._util.atomic import atomic_dir, write_atomically
+from unierase._util.jsonl import dumps_jsonl, read_jsonl
 from unierase.attacks.config import ATTACK_NAMES, AttackConfig, AttackData
 from unierase.attacks.membership import membership, membership_aucs
 from unierase.attacks.prompt_attacks import (
@@ -39,9 +41,9 @@ from unierase.token.vocab import TokenError, unlearning_token_id
 log = logging.getLogger(__name__)
 
 SUMMARY_FORMAT = "unierase-attack-summary/1"
-SUMMARY_FILE = "summary.json"
-RECORDS_FILE = "records.jsonl"
-TABLE_FILE = "table.txt"
+SUMMARY_FILE = A.ATTACK_SUMMARY
+RECORDS_FILE = A.ATTACK_RECORDS
+TABLE_FILE = A.ATTACK_TABLE
 
 # The roles of the models a run can attack, in report order.
 MODEL_ROLES: tuple[str, ...] = ("unlearned", "retain", "before")
@@ -251,12 +253,6 @@ def build_summary(
     }
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-
-
 def write_run(
     out_dir: str | Path,
     models: Mapping[str, Mapping[str, Any]],
@@ -268,23 +264,24 @@ def write_run(
     """Write ``records.jsonl`` (every record, with its model's role), ``summary.json`` and
     ``table.txt`` to ``out_dir``; return the summary.
 
+    The three files are written to a temporary directory that then replaces ``out_dir`` as a
+    whole, so ``out_dir`` is never a mix of two runs; ``out_dir`` must be new, empty or an
+    earlier attack run (``unierase.artifacts.check_out_dir``).
+
     Raises:
         FileExistsError: ``out_dir`` already holds a run and ``overwrite`` is False.
+        unierase.artifacts.OutputDirError: ``out_dir`` holds something else.
     """
     out_dir = Path(out_dir)
     if (out_dir / SUMMARY_FILE).exists() and not overwrite:
         raise FileExistsError(f"{out_dir} already holds an attack run (use --overwrite)")
-    out_dir.mkdir(parents=True, exist_ok=True)
-    lines = [
-        json.dumps({"model": role, **rec}, ensure_ascii=False)
-        for role, result in models.items()
-        for rec in result["records"]
-    ]
-    _write_atomic(out_dir / RECORDS_FILE, "\n".join(lines) + ("\n" if lines else ""))
+    A.check_out_dir(out_dir, A.ATTACK)
+    rows = [{"model": role, **rec} for role, result in models.items() for rec in result["records"]]
     summary = build_summary(models, config, info)
-    _write_atomic(out_dir / TABLE_FILE, format_table(summary) + "\n")
-    # The summary last: its presence marks a complete run.
-    _write_atomic(out_dir / SUMMARY_FILE, json.dumps(summary, indent=2) + "\n")
+    with atomic_dir(out_dir) as tmp:
+        write_atomically(tmp / RECORDS_FILE, dumps_jsonl(rows))
+        write_atomically(tmp / TABLE_FILE, format_table(summary) + "\n")
+        write_atomically(tmp / SUMMARY_FILE, json.dumps(summary, indent=2) + "\n")
     return summary
 
 
@@ -298,13 +295,7 @@ def read_records(out_dir: str | Path) -> dict[str, dict[str, list[dict[str, Any]
     if not path.is_file():
         raise DataError(f"{out_dir}: no {RECORDS_FILE}")
     out: dict[str, dict[str, list[dict[str, Any]]]] = {}
-    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise DataError(f"{path.name}:{n}: malformed JSON ({err.msg})") from err
+    for rec in read_jsonl(path, error=DataError):
         out.setdefault(rec["model"], {}).setdefault(rec["attack"], []).append(rec)
     return out
 

@@ -7,6 +7,7 @@ Every loader validates at the boundary: a bad row raises :class:`DataError` nami
 from __future__ import annotations
 
 import csv
+import io
 import json
 import logging
 import re
@@ -15,6 +16,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+from unierase._util.jsonl import iter_jsonl
 from unierase.data.schema import DataError, QAItem, find_subject
 
 logger = logging.getLogger(__name__)
@@ -131,6 +133,8 @@ def _read_text(path: Path) -> str:
 def read_jsonl_records(path: str | Path) -> list[tuple[int, dict[str, Any]]]:
     """The objects of a JSON Lines file with their 1-based line numbers (blank lines skipped).
 
+    Lines end at "\n" (or "\r\n") only: U+2028, U+2029 and U+0085 inside a string are text.
+
     Raises:
         DataError: on malformed JSON, a line that is not an object, or a file with no objects.
     """
@@ -141,13 +145,7 @@ def read_jsonl_records(path: str | Path) -> list[tuple[int, dict[str, Any]]]:
             f"{path.name}:1: the file is a JSON array; write one JSON object per line (JSON Lines)"
         )
     records = []
-    for n, raw in enumerate(text.splitlines(), start=1):
-        if not raw.strip():
-            continue
-        try:
-            obj = json.loads(raw)
-        except json.JSONDecodeError as e:
-            raise DataError(f"{path.name}:{n}: malformed JSON ({e.msg} at column {e.colno})") from e
+    for n, obj in iter_jsonl(text, path.name, DataError):
         if not isinstance(obj, dict):
             raise DataError(f"{path.name}:{n}: expected a JSON object, got {type(obj).__name__}")
         records.append((n, obj))
@@ -173,7 +171,8 @@ def _csv_perturbed(value: str, where: str) -> list[str]:
 
 def _read_csv_records(path: Path, delimiter: str) -> list[tuple[int, dict[str, Any]]]:
     text = _read_text(path)
-    reader = csv.reader(text.splitlines(keepends=True), delimiter=delimiter)
+    # Lines end at "\n", "\r\n" or "\r" only (not at U+2028, U+2029 or U+0085 in a cell).
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
     header: list[str] | None = None
     records = []
     last_line = 0

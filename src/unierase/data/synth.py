@@ -17,15 +17,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from unierase import artifacts as A
+from unierase._util.atomic import atomic_dir
+from unierase._util.jsonl import dumps_jsonl
 from unierase.data.probes import general_probe_text
 from unierase.data.refusals import load_refusals
 from unierase.data.schema import DataError, QAItem
 
 logger = logging.getLogger(__name__)
 
-GENERATOR = "unierase.data.synth"
+GENERATOR = A.SYNTH_GENERATOR
 FORMAT_VERSION = 1
-AUTHORS_FILE = "authors.json"
+AUTHORS_FILE = A.SYNTH_MANIFEST
 MIN_QUESTIONS_PER_AUTHOR = 5
 MAX_QUESTIONS_PER_AUTHOR = 20
 MAX_AUTHORS = 200  # as many as TOFU; the title lists allow about twice that
@@ -596,7 +599,7 @@ def generate_authors(n_authors: int, seed: int, questions_per_author: int = 15) 
 
 
 def _jsonl(rows: list[dict[str, Any]]) -> str:
-    return "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
+    return dumps_jsonl(rows)
 
 
 def _rows(items: list[QAItem], kind: str, task_id: str | None) -> list[dict[str, Any]]:
@@ -618,13 +621,7 @@ def _rows(items: list[QAItem], kind: str, task_id: str | None) -> list[dict[str,
 
 def _is_synth_output(directory: Path) -> dict[str, Any] | None:
     """The manifest of a directory this module wrote, else None."""
-    try:
-        manifest = json.loads((directory / AUTHORS_FILE).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    if isinstance(manifest, dict) and manifest.get("generator") == GENERATOR:
-        return manifest
-    return None
+    return A.synth_manifest(directory)
 
 
 def synthetic_file_names(n_authors: int = 20, n_forget: int = 2) -> dict[str, str]:
@@ -664,13 +661,17 @@ def write_synthetic(
     Arguments are checked and every file is generated before anything is written. An existing
     ``out_dir`` is replaced when it is empty or an earlier output of this function (its stale
     files are removed); any other non-empty directory needs ``overwrite=True`` (then only these
-    files are written into it).
+    files are written into it, beside the others). A file this function did not write is never
+    replaced or removed. When ``out_dir`` holds nothing else, the whole set is swapped in at
+    once; otherwise each file is replaced atomically.
 
     Returns:
         role -> path of each file written.
 
     Raises:
-        DataError: a bad argument, or a non-empty ``out_dir`` that this function did not write.
+        DataError: a bad argument, a non-empty ``out_dir`` that this function did not write
+            (without ``overwrite``), or one holding a file of the same name as one of these
+            that this function did not write.
     """
     _check_int("n_authors", n_authors, 2, MAX_AUTHORS)
     _check_int("n_forget", n_forget, 1, n_authors - 1)
@@ -718,20 +719,39 @@ def write_synthetic(
         "authors": json.dumps(manifest, ensure_ascii=False, indent=2) + "\n",
     }
 
-    out_dir.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".synth-", dir=out_dir))
-    try:
-        for role, text in contents.items():
-            with open(staging / names[role], "w", encoding="utf-8", newline="\n") as f:
-                f.write(text)
-        for role in contents:
-            os.replace(staging / names[role], out_dir / names[role])
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    if previous is not None:
-        for stale in set(previous.get("files", ())) - set(names.values()):
+    # Which entries are this function's: an earlier run's files (its manifest lists them) and the
+    # staging directories an interrupted run left behind.
+    written_before = {f for f in (previous or {}).get("files", ()) if isinstance(f, str)}
+    present = {p.name for p in out_dir.iterdir()} if out_dir.is_dir() else set()
+    foreign = {n for n in present if n not in written_before and not n.startswith(".synth-")}
+    clashes = sorted(foreign & set(names.values()))
+    if clashes:
+        raise DataError(
+            f"{out_dir}: holds {', '.join(clashes)}, which write_synthetic did not write; it never "
+            f"replaces such a file: move it or choose another directory"
+        )
+    here = Path.cwd().resolve()
+    swappable = out_dir.resolve() not in (here, *here.parents)
+    if not foreign and swappable:
+        # Nothing else there: write the whole set beside it and swap it in at once.
+        with atomic_dir(out_dir) as tmp:
+            for role, text in contents.items():
+                with open(tmp / names[role], "w", encoding="utf-8", newline="\n") as f:
+                    f.write(text)
+    else:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=".synth-", dir=out_dir))
+        try:
+            for role, text in contents.items():
+                with open(staging / names[role], "w", encoding="utf-8", newline="\n") as f:
+                    f.write(text)
+            for role in contents:
+                os.replace(staging / names[role], out_dir / names[role])
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+        for stale in written_before - set(names.values()):
             # Only plain file names that an earlier run listed; never a path outside out_dir.
-            if isinstance(stale, str) and Path(stale).name == stale:
+            if Path(stale).name == stale:
                 (out_dir / stale).unlink(missing_ok=True)
     logger.info(
         "wrote %d authors (%d forget, %d QA each) to %s",

@@ -11,8 +11,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
-import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -23,6 +21,7 @@ import torch
 from tqdm.auto import tqdm
 
 from unierase import prompting as P
+from unierase._util.atomic import atomic_path, write_atomically
 from unierase.edit.trace import Trace, forward_until
 from unierase.model import ModelLayout, cache_dir, model_fingerprint
 
@@ -149,21 +148,6 @@ def _corpus_id(sequences: Sequence[Sequence[int]]) -> str:
     return h.hexdigest()[:16]
 
 
-def _write_atomically(path: Path, write) -> None:
-    """Call ``write(tmp)`` on a temporary sibling of ``path``, then rename it to ``path``.
-
-    An interrupted write removes its temporary file and leaves ``path`` as it was.
-    """
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def cached_second_moments(
     model: torch.nn.Module,
     layout: ModelLayout,
@@ -203,10 +187,8 @@ def cached_second_moments(
         )
         root.mkdir(parents=True, exist_ok=True)
         for layer, stats in fresh.items():
-            _write_atomically(
-                paths[layer],
-                lambda tmp, s=stats: torch.save({"moment": s.moment, "count": s.count}, tmp),
-            )
+            with atomic_path(paths[layer]) as tmp:
+                torch.save({"moment": stats.moment, "count": stats.count}, tmp)
             result[layer] = stats
         info = {
             "corpus": corpus_name,
@@ -214,9 +196,7 @@ def cached_second_moments(
             "tokens": fresh[missing[0]].count,
             "layers": sorted(result),
         }
-        _write_atomically(
-            root / f"{corpus}.json", lambda tmp: Path(tmp).write_text(json.dumps(info))
-        )
+        write_atomically(root / f"{corpus}.json", json.dumps(info))
     else:
         log.info("statistics for layers %s reused from %s", list(layers), root)
     return result

@@ -33,7 +33,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from unierase import artifacts as A
 from unierase import prompting as P
+from unierase._util.atomic import atomic_dir, write_atomically
+from unierase._util.jsonl import dumps_jsonl, read_jsonl
 from unierase.data.loaders import check_disjoint, list_tofu_splits, load_tofu_split, read_qa_file
 from unierase.data.probes import load_general_probe, probe_is_correct
 from unierase.data.schema import DataError, QAItem
@@ -52,10 +55,10 @@ log = logging.getLogger(__name__)
 
 RECORDS_FORMAT = "unierase-eval-records/1"
 SUMMARY_FORMAT = "unierase-eval-summary/1"
-RUN_FILE = "run.json"
-SUMMARY_FILE = "summary.json"
+RUN_FILE = A.EVAL_RUN
+SUMMARY_FILE = A.EVAL_SUMMARY
 
-ROLES: tuple[str, ...] = ("forget", "holdout", "retain", "real_authors", "world_facts", "general")
+ROLES: tuple[str, ...] = A.EVAL_ROLES
 GENERATION_ROLES = ("forget", "retain", "real_authors", "world_facts", "general")
 # Probability of the true answer among the perturbed ones (TOFU's real authors / world facts).
 CHOICE_ROLES = ("real_authors", "world_facts", "general")
@@ -601,15 +604,7 @@ def read_records(directory: str | Path) -> tuple[dict[str, list[dict[str, Any]]]
         path = directory / f"{role}.jsonl"
         if not path.is_file():
             continue
-        rows = []
-        for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-            if not line.strip():
-                continue
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError as err:
-                raise DataError(f"{path.name}:{n}: malformed JSON ({err.msg})") from err
-        records[role] = rows
+        records[role] = read_jsonl(path, error=DataError)
     if not records:
         raise DataError(f"{directory}: no evaluation records ({', '.join(ROLES)}.jsonl)")
     run_path = directory / RUN_FILE
@@ -970,24 +965,28 @@ def evaluate(
 
 
 def write_run(result: EvalResult, out_dir: str | Path) -> Path:
-    """Write ``{role}.jsonl`` (one record per item), ``run.json`` and ``summary.json``."""
+    """Write ``{role}.jsonl`` (one record per item), ``run.json`` and ``summary.json``.
+
+    The files are written to a temporary directory that then replaces ``out_dir`` as a whole
+    (no record of an earlier run survives beside the new ones); ``out_dir`` must be new, empty
+    or an earlier evaluation run (``unierase.artifacts.check_out_dir``).
+
+    Raises:
+        unierase.artifacts.OutputDirError: ``out_dir`` holds something else.
+    """
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    for role, recs in result.records.items():
-        with open(out_dir / f"{role}.jsonl", "w", encoding="utf-8") as f:
-            for rec in recs:
-                f.write(json.dumps(rec, ensure_ascii=False) + "\n")
-    (out_dir / RUN_FILE).write_text(json.dumps(result.run_info, indent=2) + "\n", "utf-8")
-    write_summary(result.summary, out_dir)
+    A.check_out_dir(out_dir, A.EVAL)
+    with atomic_dir(out_dir) as tmp:
+        for role, recs in result.records.items():
+            write_atomically(tmp / f"{role}.jsonl", dumps_jsonl(recs))
+        write_atomically(tmp / RUN_FILE, json.dumps(result.run_info, indent=2) + "\n")
+        write_summary(result.summary, tmp)
     return out_dir
 
 
 def write_summary(summary: Mapping[str, Any], out_dir: str | Path) -> Path:
-    """Write ``summary.json`` into ``out_dir``; returns its path."""
-    Path(out_dir).mkdir(parents=True, exist_ok=True)
-    path = Path(out_dir) / SUMMARY_FILE
-    path.write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
-    return path
+    """Write ``summary.json`` into ``out_dir`` atomically; returns its path."""
+    return write_atomically(Path(out_dir) / SUMMARY_FILE, json.dumps(summary, indent=2) + "\n")
 
 
 def resummarise(
@@ -1068,12 +1067,15 @@ def run_evaluation(
 
     Raises:
         FileExistsError: ``out_dir`` already holds a run and ``overwrite`` is False.
+        unierase.artifacts.OutputDirError: ``out_dir`` is not new, empty or an earlier
+            evaluation run, or it is or contains an input (checked before any work).
         DataError: bad data or retain record.
         ModelUnavailableError: an explicitly given encoder or NLI directory is unusable.
     """
     out_dir = Path(out_dir)
     if (out_dir / SUMMARY_FILE).exists() and not overwrite:
         raise FileExistsError(f"{out_dir} already holds an evaluation run (use overwrite)")
+    A.check_out_dir(out_dir, A.EVAL, inputs=(data_dir, retain_record, general_probe, holdout_split))
     splits = load_eval_splits(
         data_dir,
         forget_split=forget_split,

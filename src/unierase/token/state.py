@@ -10,11 +10,13 @@ from typing import Any
 
 from torch import nn
 
+from unierase import artifacts as A
+from unierase._util.atomic import atomic_dir, write_atomically
 from unierase.token.train import TokenReport
 
 log = logging.getLogger(__name__)
 
-STATE_FILE = "unierase_token.json"
+STATE_FILE = A.TOKEN_RECORD
 STATE_FORMAT = 1
 
 
@@ -33,18 +35,28 @@ def save_token_checkpoint(
     (or in the directory the model was loaded from, when ``base_model`` names one) is kept and
     the new token appended.
 
+    Everything is written to a temporary directory that then replaces ``out_dir`` as a whole, so
+    nothing of an earlier output survives beside the new weights (no ``unierase_state.*`` that a
+    later resume would take for this checkpoint's). ``out_dir`` must be new, empty or an earlier
+    token checkpoint (``unierase.artifacts.check_out_dir``).
+
     Args:
         model: the model holding the trained token.
         tokenizer: its tokenizer.
         report: what :func:`train_unlearning_token` returned.
-        out_dir: the checkpoint directory (created).
+        out_dir: the checkpoint directory (created, or replaced when the save succeeds).
         base_model: where the model came from (recorded).
 
     Returns:
         the path of the record.
+
+    Raises:
+        unierase.artifacts.OutputDirError: ``out_dir`` holds something else.
+        unierase._util.atomic.AtomicWriteError: the write failed (a full disk); ``out_dir`` is
+            as it was.
     """
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    A.check_out_dir(out, A.TOKEN)
     tokens: list[dict[str, Any]] = []
     for source in (Path(base_model) if base_model else None, out):
         if source is not None and (source / STATE_FILE).is_file():
@@ -62,11 +74,12 @@ def save_token_checkpoint(
         "report": report.to_dict(),
     }
     tokens = [t for t in tokens if t.get("text") != report.token_text] + [entry]
-    model.save_pretrained(out, safe_serialization=True)
-    tokenizer.save_pretrained(out)
-    path = out / STATE_FILE
     state = {"format": STATE_FORMAT, "tokens": tokens}
-    path.write_text(json.dumps(state, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    with atomic_dir(out) as tmp:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        write_atomically(tmp / STATE_FILE, json.dumps(state, indent=2, ensure_ascii=False) + "\n")
+    path = out / STATE_FILE
     log.info("saved model, tokenizer and %s to %s", STATE_FILE, out)
     return path
 
