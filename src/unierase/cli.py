@@ -44,8 +44,11 @@ def _given(args: argparse.Namespace, options: Mapping[str, str] | Iterable[str])
 
 
 def cmd_data_synth(args: argparse.Namespace) -> int:
+    from unierase import artifacts as A
     from unierase.data.synth import write_synthetic
 
+    if not args.overwrite:
+        A.check_out_dir(args.out, A.SYNTH)
     paths = write_synthetic(
         args.out,
         n_authors=args.authors,
@@ -106,8 +109,10 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
+    from unierase import artifacts as A
     from unierase.demo import DemoSettings, run_demo
 
+    A.check_out_dir(args.out, A.DEMO, inputs=(args.model,))
     settings = DemoSettings(
         model=args.model,
         out=args.out,
@@ -296,7 +301,11 @@ def _add_bench_parser(add: Callable) -> None:
     )
     p.add_argument("--model", default="smollm2-135m", help="base model (default: %(default)s)")
     p.add_argument(
-        "--out", type=Path, default=B.DEFAULT_OUT, help="output directory (default: %(default)s)"
+        "--out",
+        type=Path,
+        default=B.DEFAULT_OUT,
+        help="output directory: new, empty or an earlier bench run (other files in it are left "
+        "alone); never the model or data (default: %(default)s)",
     )
     p.add_argument(
         "--tofu-dir", type=Path, help=f"TOFU files for tofu-mini (default: {B.DEFAULT_TOFU})"
@@ -408,6 +417,7 @@ def _positive_float(text: str) -> float:
 
 
 def cmd_attack(args: argparse.Namespace) -> int:
+    from unierase import artifacts as A
     from unierase import prompting
     from unierase.attacks import (
         ATTACK_NAMES,
@@ -440,9 +450,11 @@ def cmd_attack(args: argparse.Namespace) -> int:
         _out(f"error: {err}")
         return 2
     out = Path(args.out)
-    if (out / "summary.json").exists() and not args.overwrite:
+    if (out / A.ATTACK_SUMMARY).exists() and not args.overwrite:
         _out(f"error: {out} already holds an attack run (use --overwrite)")
         return 2
+    inputs = (args.model, args.data, args.retain_model, args.before_model, args.holdout_split)
+    A.check_out_dir(out, A.ATTACK, inputs=inputs)
     data, sources = load_attack_data(
         args.data, args.forget_split, holdout_split=args.holdout_split, max_items=args.max_items
     )
@@ -472,7 +484,13 @@ def _add_attack_parser(add: Callable) -> None:
     p.add_argument(
         "--forget-split", help="forget split, 'name' or 'name:task' (default: the only forget*)"
     )
-    p.add_argument("--out", type=Path, required=True, help="directory for records and summary")
+    p.add_argument(
+        "--out",
+        type=Path,
+        required=True,
+        help="directory for records and summary: new, empty or an earlier attack run (replaced "
+        "as a whole when the run succeeds); never a model or the data",
+    )
     p.add_argument("--retain-model", help="model trained without the forget set (the floor)")
     p.add_argument("--before-model", help="the model before unlearning (the ceiling)")
     p.add_argument("--holdout-split", help="unseen items for membership inference (default: none)")
@@ -505,22 +523,37 @@ def _add_attack_parser(add: Callable) -> None:
     p.add_argument("--no-chat", action="store_true", help="plain Question/Answer prompts")
     p.add_argument("--device", help="move each model here, e.g. cuda (default: where it loads)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
-    p.add_argument("--overwrite", action="store_true", help="replace a run in --out")
+    p.add_argument(
+        "--overwrite", action="store_true", help="replace an earlier attack run in --out"
+    )
 
 
 # ----------------------------------------------------------------------------- eval
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
+    from unierase import artifacts as A
     from unierase.eval import suite
     from unierase.eval.embeddings import ModelUnavailableError
 
+    if args.from_records:
+        # The summary goes beside the records (in place) or into --out.
+        out = args.out or args.from_records
+        A.check_out_dir(out, A.EVAL, inputs=(args.from_records, args.retain_model_record),
+                        allow_in_place=args.from_records)  # fmt: skip
+    elif args.out is not None:
+        if (args.out / A.EVAL_SUMMARY).exists() and not args.overwrite:
+            _out(f"error: {args.out} already holds an evaluation run (use --overwrite)")
+            return 2
+        inputs = (args.model, args.data, args.retain_model_record, args.general_probe,
+                  args.holdout_split, args.nli_model, args.embedding_model)  # fmt: skip
+        A.check_out_dir(args.out, A.EVAL, inputs=inputs)
     reference = (
         suite.load_retain_reference(args.retain_model_record) if args.retain_model_record else None
     )
     if args.from_records:
         summary = suite.resummarise(args.from_records, reference)
-        path = suite.write_summary(summary, args.out or args.from_records)
+        path = suite.write_summary(summary, out)
         _out(suite.format_table(summary))
         _out(f"\nrecomputed from the records in {args.from_records}; wrote {path}")
         return 0
@@ -588,8 +621,12 @@ def _items_from_args(args: argparse.Namespace, which: str) -> list:
 
 
 def cmd_unlearn(args: argparse.Namespace) -> int:
+    from unierase import artifacts as A
     from unierase.api import unlearn
 
+    # Before any work (api.unlearn checks the model and --resume again).
+    inputs = (args.model, args.resume, args.forget, args.retain, args.data, args.stats_file)
+    A.check_out_dir(args.out, A.UNLEARN, inputs=inputs, allow_in_place=args.resume)
     forget = _items_from_args(args, "forget")
     if not forget:
         raise SystemExit(
@@ -674,6 +711,8 @@ def cmd_token(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
     import unierase
+    from unierase import artifacts as A
+    from unierase._util.atomic import atomic_dir
     from unierase.data.refusals import load_refusals
     from unierase.token import (
         read_token_state,
@@ -682,6 +721,8 @@ def cmd_token(args: argparse.Namespace) -> int:
         train_unlearning_token,
     )
 
+    inputs = (args.model, args.forget, args.data, args.refusals, *args.breadth)
+    A.check_out_dir(args.out, A.TOKEN, inputs=inputs)
     forget = _items_from_args(args, "forget")
     if not forget:
         raise SystemExit(
@@ -717,7 +758,10 @@ def cmd_token(args: argparse.Namespace) -> int:
         model, tokenizer, forget, config, breadth=breadth, progress=not args.no_progress
     )
     base = args.model if Path(str(args.model)).is_dir() else None
-    save_token_checkpoint(model, tokenizer, report, args.out, base_model=base)
+    # Everything into a temporary directory that then replaces --out as a whole: nothing of an
+    # earlier output (an older unierase_state.*, another model's token record) survives.
+    with atomic_dir(args.out) as tmp:
+        save_token_checkpoint(model, tokenizer, report, tmp, base_model=base)
     if args.json:
         _out(json.dumps(read_token_state(args.out)["tokens"][-1]["report"], indent=2))
         return 0
@@ -761,8 +805,11 @@ def _bytes(n: int) -> str:
 
 
 def cmd_finetune(args: argparse.Namespace) -> int:
+    from unierase import artifacts as A
     from unierase.finetune import finetune_cached, select_training_data
 
+    if args.out is not None:
+        A.check_out_dir(args.out, A.FINETUNE, inputs=(args.model, args.data))
     data = select_training_data(
         args.data,
         args.split,
@@ -904,8 +951,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--out",
         type=Path,
         default=D.DEFAULT_OUT,
-        help="output directory: data/, model/ (the unlearned checkpoint), eval/ "
-        "(default: %(default)s)",
+        help="output directory: data/, model/ (the unlearned checkpoint), eval/; new, empty or "
+        "an earlier demo output (other files in it are left alone) (default: %(default)s)",
     )
     p.add_argument(
         "--threads", type=_positive_int, help="torch CPU threads (default: torch's choice)"
@@ -986,7 +1033,12 @@ def build_parser() -> argparse.ArgumentParser:
         "the TOFU directory layout. The same seed gives byte-identical files.",
     )
     p.set_defaults(func=cmd_data_synth)
-    p.add_argument("--out", type=Path, required=True, help="output directory")
+    p.add_argument(
+        "--out",
+        type=Path,
+        required=True,
+        help="output directory: new, empty or an earlier `data synth` output (replaced)",
+    )
     p.add_argument(
         "--authors", type=int, default=20, help="number of authors (default: %(default)s)"
     )
@@ -997,7 +1049,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--questions", type=int, default=15, help="questions per author (default: %(default)s)"
     )
     p.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing directory")
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="also write into a directory that holds other files, beside them (a file of the "
+        "same name that `data synth` did not write is never replaced)",
+    )
 
     p = add(
         "eval",
@@ -1009,7 +1066,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--model", default="smollm2-135m", help="model to evaluate (default: %(default)s)"
     )
     p.add_argument("--data", type=Path, help="directory in TOFU's layout (required)")
-    p.add_argument("--out", type=Path, help="output directory for records and summary")
+    p.add_argument(
+        "--out",
+        type=Path,
+        help="output directory for records and summary: new, empty or an earlier eval run "
+        "(replaced as a whole with --overwrite); never the model or the data; with "
+        "--from-records, where summary.json goes (default: beside the records)",
+    )
     p.add_argument(
         "--forget-split",
         help="forget split, NAME or NAME:TASK (default: the directory's only forget* split, "
@@ -1091,13 +1154,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--device", help="move the model to this device (default: where it loads)")
     p.add_argument(
-        "--overwrite", action="store_true", help="replace a run already in --out (default: no)"
+        "--overwrite",
+        action="store_true",
+        help="replace an earlier eval run in --out (default: no)",
     )
     p = add("unlearn", cmd_unlearn, "Forget a set of questions with UniErase (Phase I + Phase II).")
     p.add_argument(
         "--model",
         default="smollm2-135m",
-        help="model to unlearn from (default: %(default)s); never modified on disk",
+        help="model to unlearn from (default: %(default)s); never modified on disk (--out may "
+        "not be it or a folder holding it)",
     )
     p.add_argument(
         "--forget", type=Path, help="forget set: JSONL or CSV of question/answer[/subject]"
@@ -1109,7 +1175,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--task", default="1", help="task id within a split with tasks (default: %(default)s)"
     )
-    p.add_argument("--out", type=Path, required=True, help="output directory (checkpoint + state)")
+    p.add_argument(
+        "--out",
+        type=Path,
+        required=True,
+        help="output directory (checkpoint + state): new, empty or an earlier unlearn output, "
+        "replaced as a whole only when the run succeeds; never the model, the data or a folder "
+        "holding them (it may equal --resume: continuing in place)",
+    )
     p.add_argument(
         "--mode",
         choices=["batch", "sequential", "precise"],
@@ -1117,7 +1190,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="batch: Phase I then one edit; sequential: continue --resume; precise: "
         "question-level edits reusing an existing token (default: %(default)s)",
     )
-    p.add_argument("--resume", type=Path, help="a previous unierase output to continue from")
+    p.add_argument(
+        "--resume",
+        type=Path,
+        help="a previous unierase output to continue from (never modified, unless --out names "
+        "it too)",
+    )
     p.add_argument(
         "--preset",
         choices=["small", "paper"],
@@ -1168,7 +1246,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="further questions to train the token on: a QA file or a .txt with one question "
         "per line (repeatable; default: none)",
     )
-    p.add_argument("--out", type=Path, required=True, help="checkpoint directory to write")
+    p.add_argument(
+        "--out",
+        type=Path,
+        required=True,
+        help="checkpoint directory to write: new, empty or an earlier `unierase token` "
+        "checkpoint, replaced as a whole when training succeeds; never the model or the data",
+    )
     p.add_argument(
         "--preset",
         choices=["auto", "small", "paper"],
@@ -1272,9 +1356,16 @@ def build_parser() -> argparse.ArgumentParser:
         help="full: forget + retain (the target model); retain: retain only (default: %(default)s)",
     )
     p.add_argument(
-        "--out", type=Path, help="also copy the checkpoint here (default: only the cache)"
+        "--out",
+        type=Path,
+        help="also copy the checkpoint here: a new or empty directory, or an earlier finetune "
+        "copy (with --overwrite); never the model or the data (default: only the cache)",
     )
-    p.add_argument("--overwrite", action="store_true", help="replace an existing --out checkpoint")
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace an earlier finetune copy in --out, once the new copy is complete",
+    )
     p.add_argument(
         "--authors", type=int, help="use this many authors in all (default: every author)"
     )
@@ -1358,12 +1449,21 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     _setup_logging(args.verbose)
+    from unierase._util.atomic import AtomicWriteError
+    from unierase.artifacts import OutputDirError
     from unierase.data.schema import DataError
     from unierase.model import LayoutError, ModelNotFoundError
 
     try:
         return int(args.func(args) or 0)
-    except (DataError, ModelNotFoundError, LayoutError, FileExistsError) as err:
+    except (
+        DataError,
+        ModelNotFoundError,
+        LayoutError,
+        FileExistsError,
+        OutputDirError,
+        AtomicWriteError,
+    ) as err:
         _out(f"error: {err}")
         return 2
     except KeyboardInterrupt:
