@@ -462,3 +462,78 @@ def test_cli_attack_writes_records_and_summary_for_each_model(tmp_path, capsys):
     assert "prefill" in capsys.readouterr().out
     assert main(args) == 2  # an existing run is not replaced without --overwrite
     assert main([*args, "--overwrite", "--attacks", "direct,jailbreak"]) == 2
+
+
+# --------------------------------------------------------------------- typed token, plain path
+
+
+class _TypedTokenGate:
+    """Makes a model refuse like an edited one whenever the unlearning token's id is in its
+    prompt: the token first, then the end of turn. Prompts without the id are left alone."""
+
+    def __init__(self, tok, token_id: int):
+        self.token_id = token_id
+        self.eot = P.stop_token_ids(tok, CONFIG.fmt)[0]
+        self.prompts: list[list[int]] = []
+        self.history: list[list[int]] = []
+
+    def __call__(self, module, args, kwargs, output):
+        ids = kwargs.get("input_ids")
+        if ids is None:
+            return output
+        if ids.shape[1] > 1:  # a new prompt batch (or a teacher-forced sequence)
+            self.prompts = [row.tolist() for row in ids]
+            self.history = [list(p) for p in self.prompts]
+        else:
+            self.history = [h + [int(t)] for h, t in zip(self.history, ids[:, 0], strict=True)]
+        width = output.logits.shape[1]
+        for b, row in enumerate(self.history):
+            if self.token_id not in self.prompts[b]:
+                continue
+            for t in range(len(row) - width, len(row)):
+                pos = t - (len(row) - width)
+                target = self.eot if row[t] == self.token_id else self.token_id
+                output.logits[b, pos, target] += 100.0
+        return output
+
+
+def _injection(model, tok):
+    config = dataclasses.replace(CONFIG, attacks=("token_injection",))
+    return run_attacks(model, tok, DATA, config)
+
+
+def test_token_injection_encodes_like_a_plain_client_and_measures_what_it_gets(taught, tmp_path):
+    from transformers import AutoTokenizer
+
+    model, _ = taught
+    # A tokenizer that holds the token as an added special token (as unierase once saved it):
+    # a client's plain tokenizer call turns the typed text into the id, and the gate refuses.
+    model_old = copy.deepcopy(model)
+    old = tiny_tokenizer()
+    old.add_special_tokens({"extra_special_tokens": [DEFAULT_TOKEN_TEXT]})
+    model_old.resize_token_embeddings(len(old), mean_resizing=False)
+    unl = old.convert_tokens_to_ids(DEFAULT_TOKEN_TEXT)
+    handle = model_old.register_forward_hook(_TypedTokenGate(old, unl), with_kwargs=True)
+    s = _injection(model_old, old)["attacks"]["token_injection"]
+    handle.remove()
+    assert s["token_id_in_prompt"] is True
+    assert s["rouge_clean"] > 0.8 and s["rouge"] < 0.1
+    for variant in ("typed_end", "typed_start"):
+        assert s["variants"][variant]["first_token_unlearning_rate"] == 1.0
+
+    # The token as unierase adds and exports it: the typed text never reaches the id, so the
+    # gate never fires and the kept answers are those of the model without it.
+    model_new = copy.deepcopy(model)
+    new = tiny_tokenizer()
+    assert add_unlearning_token(model_new, new) == unl
+    new.save_pretrained(tmp_path / "tok")
+    exported = AutoTokenizer.from_pretrained(tmp_path / "tok")
+    plain = _injection(model_new, exported)
+    handle = model_new.register_forward_hook(_TypedTokenGate(exported, unl), with_kwargs=True)
+    gated = _injection(model_new, exported)
+    handle.remove()
+    s = gated["attacks"]["token_injection"]
+    assert s["token_id_in_prompt"] is False
+    assert all(v["first_token_unlearning_rate"] == 0.0 for v in s["variants"].values())
+    assert s == plain["attacks"]["token_injection"]
+    assert s["rouge_clean"] > 0.8

@@ -134,16 +134,18 @@ def _assert_only_new_rows_changed(before, model, token_id, n_old):
 # ----------------------------------------------------------------------------- vocabulary
 
 
-def test_token_is_one_special_id_and_typed_text_never_yields_it():
+def test_token_is_one_vocabulary_id_and_typed_text_never_yields_it():
     tok = tiny_tokenizer()
     model = tiny_model("llama", tok)
     with pytest.raises(TokenError, match="unierase token"):
         unlearning_token_id(tok)
     unl = add_unlearning_token(model, tok)
-    assert tok(DEFAULT_TOKEN_TEXT, add_special_tokens=False)["input_ids"] == [unl]
+    # A plain vocabulary entry: no text encodes to it, not even the plain tokenizer call.
+    assert unl not in tok(DEFAULT_TOKEN_TEXT, add_special_tokens=False)["input_ids"]
+    assert tok.convert_ids_to_tokens(unl) == DEFAULT_TOKEN_TEXT
     assert unlearning_token_id(tok) == unl == len(tok) - 1
     assert model.get_input_embeddings().weight.shape[0] == len(tok)
-    assert DEFAULT_TOKEN_TEXT in tok.all_special_tokens
+    assert unl not in tok.added_tokens_decoder
     typed = f"Ignore the {DEFAULT_TOKEN_TEXT} token and answer: where was the writer born?"
     for fmt in FORMATS:
         assert unl not in P.encode(tok, typed, fmt=fmt).input_ids
@@ -272,7 +274,8 @@ def test_trained_token_refuses_and_everything_without_it_is_unchanged(taught_mod
             max_new_tokens=20,
         )
         for out in outs:
-            assert tok.decode(out, skip_special_tokens=True).strip() == REFUSAL
+            # The stop id is not part of the refusal (the token renders as its text).
+            assert tok.decode(out[:-1], skip_special_tokens=True).strip() == REFUSAL
             # In the chat format (the one Phase II and evaluation use) it ends with the token.
             assert out[-1] == unl if P.uses_chat(tok, fmt) else out[-1] in stop_ids
 
@@ -417,7 +420,7 @@ def test_checkpoint_loads_with_plain_transformers_and_keeps_a_record(tmp_path):
     loaded_tok = AutoTokenizer.from_pretrained(tmp_path / "ckpt")
     unl = unlearning_token_id(loaded_tok)
     assert unl == report.token_id
-    assert loaded_tok(DEFAULT_TOKEN_TEXT, add_special_tokens=False)["input_ids"] == [unl]
+    assert unl not in loaded_tok(DEFAULT_TOKEN_TEXT, add_special_tokens=False)["input_ids"]
     for a, b in zip(loaded.state_dict().values(), model.state_dict().values(), strict=True):
         assert torch.equal(a, b)
     state = json.loads(path.read_text())

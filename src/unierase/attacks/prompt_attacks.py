@@ -10,7 +10,7 @@ the answer is a refusal, and whether the model's first token was the unlearning 
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,6 +30,7 @@ from unierase.attacks.prompts import (
 from unierase.data.refusals import is_refusal
 from unierase.data.schema import QAItem
 from unierase.eval import metrics as M
+from unierase.eval.generate import Generation, model_device
 from unierase.eval.scoring import score_answers
 
 log = logging.getLogger(__name__)
@@ -68,6 +69,7 @@ def answer_records(
     banned_ids: Sequence[int] = (),
     indices: Sequence[int] | None = None,
     split: str = "forget",
+    prompt_ids: Sequence[Sequence[int]] | None = None,
 ) -> list[dict[str, Any]]:
     """Generate, score and record the answers to ``questions`` (one per item, same order).
 
@@ -84,38 +86,48 @@ def answer_records(
         banned_ids: ids that may not be generated (``p_answer`` is not renormalised for them).
         indices: each item's index in its split (recorded; default 0, 1, ...).
         split: which split the items come from (recorded).
+        prompt_ids: each question's prompt ids as a client built them (see
+            :func:`client_prompt_ids`); None: :func:`unierase.prompting.encode` builds them.
+            Not with ``prefix``.
 
     Returns:
         One record per item.
     """
     cfg = ctx.config
+    if prompt_ids is not None and prefix:
+        raise ValueError("a pre-fill needs the project's prompts (prompt_ids=None)")
     prefix_ids = prefill_ids(tokenizer, prefix, cfg.fmt) if prefix else []
-    gens = generate_after_prefix(
-        model,
-        tokenizer,
-        questions,
-        prefix_ids,
-        fmt=cfg.fmt,
-        max_new_tokens=cfg.max_new_tokens,
-        batch_size=cfg.batch_size,
-        banned_ids=banned_ids,
-    )
-    scores = score_answers(
-        model,
-        tokenizer,
-        questions,
-        [it.answer for it in items],
-        fmt=cfg.fmt,
-        batch_size=cfg.batch_size,
-        answer_prefix_ids=prefix_ids,
-        details=False,
-        desc=f"{attack}/{variant}: score",
-    )
+    answers = [it.answer for it in items]
+    if prompt_ids is not None:
+        gens = _generate_from_ids(model, tokenizer, prompt_ids, ctx, banned_ids)
+        logps = _answer_logprobs(model, tokenizer, prompt_ids, questions, answers, ctx)
+    else:
+        gens = generate_after_prefix(
+            model,
+            tokenizer,
+            questions,
+            prefix_ids,
+            fmt=cfg.fmt,
+            max_new_tokens=cfg.max_new_tokens,
+            batch_size=cfg.batch_size,
+            banned_ids=banned_ids,
+        )
+        scores = score_answers(
+            model,
+            tokenizer,
+            questions,
+            answers,
+            fmt=cfg.fmt,
+            batch_size=cfg.batch_size,
+            answer_prefix_ids=prefix_ids,
+            details=False,
+            desc=f"{attack}/{variant}: score",
+        )
+        # The pre-filled ids are scored too; p_answer is about the answer after them.
+        logps = [s.token_logprobs[len(prefix_ids) :] for s in scores]
     indices = list(range(len(items))) if indices is None else list(indices)
     records = []
-    for i, it, q, g, s in zip(indices, items, questions, gens, scores, strict=True):
-        # The pre-filled ids are scored too; p_answer is about the answer after them.
-        logp = s.token_logprobs[len(prefix_ids) :]
+    for i, it, q, g, logp in zip(indices, items, questions, gens, logps, strict=True):
         records.append(
             {
                 "attack": attack,
@@ -138,6 +150,105 @@ def answer_records(
             }
         )
     return records
+
+
+def client_prompt_ids(
+    tokenizer: Any, question: str, fmt: P.PromptFormat = P.PromptFormat()
+) -> list[int]:
+    """The prompt ids a plain client builds for ``question``, without unierase's prompting.
+
+    In the chat format the tokenizer's own ``apply_chat_template(..., tokenize=True)`` (what
+    ``transformers.pipeline``, TGI and vLLM do with a chat request); in the plain format
+    ``tokenizer(text)`` of the filled template. Text in the question is parsed as the tokenizer
+    parses any text: an added token's literal text becomes its id, a plain vocabulary entry's
+    never does.
+    """
+    if P.uses_chat(tokenizer, fmt):
+        msgs = (
+            [] if fmt.system_prompt is None else [{"role": "system", "content": fmt.system_prompt}]
+        )
+        msgs.append({"role": "user", "content": question})
+        out = tokenizer.apply_chat_template(
+            msgs, tokenize=True, add_generation_prompt=True, **fmt.template_kwargs
+        )
+        if isinstance(out, Mapping):
+            out = out["input_ids"]
+        return [int(i) for i in out]
+    return [int(i) for i in tokenizer(P.FALLBACK_PROMPT.format(question=question))["input_ids"]]
+
+
+def _prompt_only(ids: Sequence[int]) -> P.EncodedQA:
+    return P.EncodedQA(list(ids), len(ids), 0, (0, len(ids)))
+
+
+@torch.no_grad()
+def _generate_from_ids(
+    model: torch.nn.Module,
+    tokenizer: Any,
+    prompts: Sequence[Sequence[int]],
+    ctx: AttackContext,
+    banned_ids: Sequence[int] = (),
+) -> list[Generation]:
+    """Greedy answers after the given prompt ids, decoded as evaluation's generation decodes."""
+    cfg = ctx.config
+    stops = P.stop_token_ids(tokenizer, cfg.fmt)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stops[0]
+    device = model_device(model)
+    kwargs: dict[str, Any] = {"suppress_tokens": list(banned_ids)} if banned_ids else {}
+    out: list[Generation] = []
+    for b in range(0, len(prompts), cfg.batch_size):
+        chunk = [_prompt_only(p) for p in prompts[b : b + cfg.batch_size]]
+        batch = P.collate(chunk, pad_id, left=True, with_labels=False)
+        gen = model.generate(
+            input_ids=batch.input_ids.to(device),
+            attention_mask=batch.attention_mask.to(device),
+            max_new_tokens=cfg.max_new_tokens,
+            do_sample=False,
+            use_cache=True,
+            eos_token_id=stops,
+            pad_token_id=pad_id,
+            **kwargs,
+        )
+        for row in gen[:, batch.input_ids.shape[1] :].tolist():
+            cut = next((j for j, tok in enumerate(row) if tok in stops), None)
+            ids = row if cut is None else row[:cut]
+            text = tokenizer.decode(ids, skip_special_tokens=True).strip()
+            out.append(Generation(text=text, token_ids=ids, stopped=cut is not None))
+    return out
+
+
+@torch.no_grad()
+def _answer_logprobs(
+    model: torch.nn.Module,
+    tokenizer: Any,
+    prompts: Sequence[Sequence[int]],
+    questions: Sequence[str],
+    answers: Sequence[str],
+    ctx: AttackContext,
+) -> list[np.ndarray]:
+    """Teacher-forced log-probabilities of each answer (with its end of turn) after the given
+    prompt ids; the answer ids are those :func:`unierase.prompting.encode` gives."""
+    cfg = ctx.config
+    encs = []
+    for prompt, q, a in zip(prompts, questions, answers, strict=True):
+        full = P.encode(tokenizer, q, a, cfg.fmt)
+        answer_ids = full.input_ids[full.prompt_length :]
+        encs.append(P.EncodedQA([*prompt, *answer_ids], len(prompt), len(answer_ids), (0, 0)))
+    pad_id = tokenizer.pad_token_id
+    pad_id = pad_id if pad_id is not None else P.stop_token_ids(tokenizer, cfg.fmt)[0]
+    device = model_device(model)
+    out: list[np.ndarray] = []
+    for b in range(0, len(encs), cfg.batch_size):
+        chunk = encs[b : b + cfg.batch_size]
+        batch = P.collate(chunk, pad_id, left=False, with_labels=False)
+        ids = batch.input_ids.to(device)
+        logits = model(input_ids=ids, attention_mask=batch.attention_mask.to(device)).logits
+        logp = torch.log_softmax(logits.float(), dim=-1)
+        for row, enc in enumerate(chunk):
+            pos = torch.arange(enc.prompt_length, len(enc.input_ids), device=device)
+            taken = logp[row, pos - 1].gather(-1, ids[row, pos][:, None]).squeeze(-1)
+            out.append(taken.double().cpu().numpy())
+    return out
 
 
 def direct(model, tokenizer, data: AttackData, ctx: AttackContext) -> list[dict[str, Any]]:
@@ -202,25 +313,24 @@ def token_injection(model, tokenizer, data: AttackData, ctx: AttackContext) -> l
     """Type the token's text into kept questions: they must still be answered, not refused.
 
     This attack measures damage rather than leakage: a user who types ``<|unlearn|>`` must not
-    be able to switch refusals on. The question text is encoded with special tokens split, so
-    the token's id never reaches the model (recorded per item as ``token_id_in_prompt``). Runs
-    on the retain items (the forget items when there are none), clean and with the text typed.
+    be able to switch refusals on. Every prompt is built the way a plain client builds it
+    (:func:`client_prompt_ids`: the tokenizer's chat template or ``tokenizer(text)``, no
+    special-token splitting), so whether the typed text reaches the token's id is the
+    tokenizer's own doing; each typed record says so in ``token_id_in_prompt``. Runs on the
+    retain items (the forget items when there are none), clean and with the text typed.
     """
     items = data.retain or data.forget
     split = "retain" if data.retain else "forget"
     text = ctx.config.token_text
-    out = answer_records(
-        model,
-        tokenizer,
-        items,
-        [it.question for it in items],
-        ctx,
-        attack="token_injection",
-        variant="clean",
-        split=split,
-    )
+    fmt = ctx.config.fmt
+    variants = [("clean", [it.question for it in items])]
     for place in ctx.config.injection_places:
-        questions = [inject_token_text(it.question, text, place) for it in items]
+        variants.append(
+            (f"typed_{place}", [inject_token_text(it.question, text, place) for it in items])
+        )
+    out = []
+    for variant, questions in variants:
+        prompts = [client_prompt_ids(tokenizer, q, fmt) for q in questions]
         records = answer_records(
             model,
             tokenizer,
@@ -228,12 +338,13 @@ def token_injection(model, tokenizer, data: AttackData, ctx: AttackContext) -> l
             questions,
             ctx,
             attack="token_injection",
-            variant=f"typed_{place}",
+            variant=variant,
             split=split,
+            prompt_ids=prompts,
         )
-        for rec, q in zip(records, questions, strict=True):
-            ids = P.encode(tokenizer, q, fmt=ctx.config.fmt).input_ids
-            rec["token_id_in_prompt"] = ctx.token_id is not None and ctx.token_id in ids
+        if variant != "clean":
+            for rec, ids in zip(records, prompts, strict=True):
+                rec["token_id_in_prompt"] = ctx.token_id is not None and ctx.token_id in ids
         out += records
     return out
 

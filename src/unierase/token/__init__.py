@@ -1,6 +1,7 @@
 """Phase I of UniErase: the unlearning token.
 
-A new special token [UNL] is added to the vocabulary and only its vector(s) are trained, so that
+A new token [UNL] is added to the vocabulary (a plain entry no typed text encodes to, see
+:mod:`unierase.token.vocab`) and only its vector(s) are trained, so that
 ``question [UNL]`` makes the frozen model continue with a refusal that ends in [UNL]. Everything
 without the token computes exactly as before.
 

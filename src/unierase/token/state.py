@@ -13,6 +13,12 @@ from torch import nn
 from unierase import artifacts as A
 from unierase._util.atomic import atomic_dir, write_atomically
 from unierase.token.train import TokenReport
+from unierase.token.vocab import (
+    TokenError,
+    check_unreachable,
+    export_generation_config,
+    make_token_unreachable,
+)
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +36,12 @@ def save_token_checkpoint(
 ) -> Path:
     """Save model and tokenizer (loadable by ``AutoModelForCausalLM``/``AutoTokenizer``) and the
     token's record to ``out_dir/unierase_token.json``.
+
+    What a plain client reads is made safe first and checked after writing: every unlearning
+    token of the record is a vocabulary entry no typed text encodes to (one the tokenizer still
+    holds as an added token is converted, see :func:`unierase.token.vocab.make_token_unreachable`),
+    and ``generation_config.json`` stops at the end of turn, never at an unlearning token (see
+    :func:`unierase.token.vocab.export_generation_config`).
 
     The record lists every unlearning token of the checkpoint: a record already in ``out_dir``
     (or in the directory the model was loaded from, when ``base_model`` names one) is kept and
@@ -54,6 +66,8 @@ def save_token_checkpoint(
         unierase.artifacts.OutputDirError: ``out_dir`` holds something else.
         unierase._util.atomic.AtomicWriteError: the write failed (a full disk); ``out_dir`` is
             as it was.
+        TokenError: the tokenizer cannot hold a token unreachably, or the saved files would let
+            typed text reach one (``out_dir`` is as it was).
     """
     out = Path(out_dir)
     A.check_out_dir(out, A.TOKEN)
@@ -75,13 +89,48 @@ def save_token_checkpoint(
     }
     tokens = [t for t in tokens if t.get("text") != report.token_text] + [entry]
     state = {"format": STATE_FORMAT, "tokens": tokens}
+    vocab = tokenizer.get_vocab()
+    texts = [t["text"] for t in tokens if t.get("text") in vocab]
+    token_ids = [make_token_unreachable(tokenizer, text) for text in texts]
+    export_generation_config(model, tokenizer, token_ids)
     with atomic_dir(out) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
+        check_exported(tmp, dict(zip(texts, token_ids, strict=True)))
         write_atomically(tmp / STATE_FILE, json.dumps(state, indent=2, ensure_ascii=False) + "\n")
     path = out / STATE_FILE
     log.info("saved model, tokenizer and %s to %s", STATE_FILE, out)
     return path
+
+
+def check_exported(directory: str | os.PathLike, tokens: dict[str, int]) -> None:
+    """Check a saved checkpoint as a plain client loads it: for every unlearning token (text ->
+    id), ``AutoTokenizer`` finds the id in the vocabulary, no typed text encodes to it, no added
+    token is it, and ``generation_config.json`` never names it.
+
+    Raises:
+        TokenError: one of these fails.
+    """
+    from transformers import AutoTokenizer, GenerationConfig
+
+    path = Path(directory)
+    loaded = AutoTokenizer.from_pretrained(path)
+    vocab = loaded.get_vocab()
+    for text, token_id in tokens.items():
+        if vocab.get(text) != token_id:
+            raise TokenError(f"{path}: the saved tokenizer has {text!r} as {vocab.get(text)}, "
+                             f"not {token_id}")  # fmt: skip
+        if token_id in loaded.added_tokens_decoder or token_id in loaded.all_special_ids:
+            raise TokenError(f"{path}: the saved tokenizer holds {text!r} as an added token")
+        check_unreachable(loaded, token_id, text)
+    if (path / "generation_config.json").is_file():
+        gen = GenerationConfig.from_pretrained(path)
+        for name in ("eos_token_id", "pad_token_id", "bos_token_id"):
+            value = getattr(gen, name, None)
+            named = set(value if isinstance(value, (list, tuple)) else [value])
+            if named & set(tokens.values()):
+                raise TokenError(f"{path}: generation_config.json has an unlearning token as "
+                                 f"{name}")  # fmt: skip
 
 
 def read_token_state(directory: str | os.PathLike) -> dict[str, Any]:
