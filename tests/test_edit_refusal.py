@@ -29,7 +29,7 @@ def _setup():
 def test_phase1_sequence_ends_with_end_of_turn_unless_closing_is_asked():
     tok, _, unl, _ = _setup()
     eot = P.end_of_turn_ids(tok)
-    plain = encode_unlearning_example(tok, "Who is Ada?", unl, REFUSAL)
+    plain = encode_unlearning_example(tok, "Who is Ada?", unl, REFUSAL, closing=False)
     closed = encode_unlearning_example(tok, "Who is Ada?", unl, REFUSAL, closing=True)
     assert plain.input_ids[plain.prompt_length - 1] == unl
     assert plain.input_ids[-len(eot) :] == eot
@@ -43,7 +43,7 @@ def test_refusal_continuation_follows_the_token_record():
     entry = {"id": unl, "refusal_mode": "fixed", "refusals": [REFUSAL],
              "config": {"closing_token": False}}  # fmt: skip
     ids = refusal_continuation(tok, entry)
-    train = encode_unlearning_example(tok, "Who is Ada?", unl, REFUSAL)
+    train = encode_unlearning_example(tok, "Who is Ada?", unl, REFUSAL, closing=False)
     assert ids == train.input_ids[train.prompt_length :]
     closed = refusal_continuation(tok, {**entry, "config": {"closing_token": True}})
     assert closed == ids[: -len(P.end_of_turn_ids(tok))] + [unl] + P.end_of_turn_ids(tok)

@@ -57,6 +57,26 @@ class ResumeError(ValueError):
     """A resume directory that cannot be continued from (missing state, another model)."""
 
 
+def refusal_continuation(
+    tokenizer: Any, token: dict[str, Any], fmt: P.PromptFormat = P.PromptFormat()
+) -> list[int]:
+    """Ids the unlearning token was trained to produce after it: its refusal and the ending.
+
+    ``token`` is a token record entry (``unierase_token.json``) or a Phase I report as a dict.
+    Empty when the token was trained on varied refusals (no single continuation to keep).
+    Records written before the ending became a setting closed the refusal with the token.
+    """
+    refusals = token.get("refusals") or []
+    if token.get("refusal_mode", "fixed") != "fixed" or len(refusals) != 1:
+        return []
+    closing = bool((token.get("config") or {}).get("closing_token", True))
+    text = refusals[0] if P.uses_chat(tokenizer, fmt) else " " + refusals[0].lstrip()
+    ids = P.encode_user_text(tokenizer, text)
+    if closing:
+        ids.append(int(token["id"]))
+    return ids + P.end_of_turn_ids(tokenizer, fmt)
+
+
 def unlearn(
     model: str | os.PathLike,
     forget: Sequence[QAItem],
@@ -84,7 +104,8 @@ def unlearn(
         out_dir: where the checkpoint, state and report go: a new or empty directory, or an
             earlier unlearn output (replaced as a whole when the run succeeds). It may not be or
             contain ``model``; it may equal ``resume`` (continuing in place).
-        retain: items that must be kept; their questions widen Phase I's training (breadth).
+        retain: items that must be kept; their questions widen Phase I's training (breadth),
+            and with ``EditConfig.protect_weight`` their keys are protected in Phase II.
         mode: "batch" (Phase I, then one edit of the whole set in chunks), "sequential" (needs
             ``resume``: reuse its token and continue its C_prev), "precise" (one or a few items,
             question-level edits; reuses the token of ``resume`` or of ``model`` when it has one).
@@ -172,13 +193,29 @@ def unlearn(
         seconds["phase1"] = time.perf_counter() - t
 
     # Phase II.
+    fmt = P.PromptFormat()
+    if token_report.get("reused"):
+        try:
+            entries = read_token_state(source)["tokens"]
+            entry = next((e for e in entries if int(e.get("id", -1)) == token_id), None)
+        except (FileNotFoundError, ValueError):
+            entry = None
+    else:
+        entry = {**report.to_dict(), "id": token_id}
+    refusal_ids = refusal_continuation(tokenizer, entry, fmt) if entry else []
+    kept = list(retain)
+    if config.protect_weight > 0 and config.protect_neighbours > 0:
+        from unierase.data.neighbours import name_neighbours
+
+        kept += name_neighbours(forget, per_part=config.protect_neighbours, seed=seed)
     t = time.perf_counter()
     if state is None:
         state = phase2.new_state(net, tokenizer, layout, token_id, config, texts=stats_texts,
                                  progress=progress)  # fmt: skip
     seconds["statistics"] = time.perf_counter() - t
-    edit = phase2.unlearning_edit(net, tokenizer, layout, forget, state, config,
-                                  fmt=P.PromptFormat(), progress=progress)  # fmt: skip
+    edit = phase2.unlearning_edit(net, tokenizer, layout, forget, state, config, fmt=fmt,
+                                  refusal_ids=refusal_ids, retain=kept,
+                                  progress=progress)  # fmt: skip
     seconds["phase2"] = edit.seconds.get("total", 0.0)
 
     result = UnlearnReport(

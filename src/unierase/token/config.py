@@ -116,7 +116,7 @@ class TokenConfig:
     refusal_mode: str = "fixed"
     refusal: str | None = None
     refusals: tuple[str, ...] | None = None
-    closing_token: bool = False
+    closing_token: bool = True
     batch_size: int = 8
     max_length: int = 128
     stages: tuple[StageConfig, ...] = ()

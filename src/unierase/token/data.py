@@ -1,9 +1,6 @@
-"""Phase I training sequences: ``q [UNL] a <end of turn>``, loss on ``a <end of turn>``.
-
-The authors' design closes the refusal with a second token (``q [UNL] a [UNL] <end of turn>``);
-that remains available (``closing=True``), but a closing token is what an edited model fires
-again inside its refusal, and a plain client would print it, so by default the refusal ends
-with the end of turn alone.
+"""Phase I training sequences: ``q [UNL] a [UNL] <end of turn>`` (the authors' design, with a
+closing token) or ``q [UNL] a <end of turn>`` (``closing=False``); the loss is on what follows
+the opening token.
 
 Sequences are built by :func:`unierase.prompting.encode`, so what Phase I trains on is what Phase II
 and evaluation see: in the chat format the user turn holds the question and the assistant turn
@@ -34,7 +31,7 @@ def encode_unlearning_example(
     refusal: str | None = None,
     fmt: P.PromptFormat = P.PromptFormat(),
     *,
-    closing: bool = False,
+    closing: bool = True,
 ) -> P.EncodedQA:
     """Encode ``question [UNL]`` (and, with a refusal, ``refusal <end of turn>``, or
     ``refusal [UNL] <end of turn>`` with ``closing``).
