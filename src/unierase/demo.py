@@ -46,6 +46,10 @@ PROBE_MAX_NEW_TOKENS = 16  # answer length for the probe (a word or a name)
 EVAL_BATCH_SIZE = 32  # sequences per pass; on 2 CPU cores 32 generates 1.4x faster than 16
 EMBEDDING_MODEL = "default"  # sentence encoder for cosine and refusal similarity ("none": off)
 EXAMPLES = 3  # example questions shown per side (forgotten, kept)
+# The fine-tune makes at least this many item passes (epochs x QA items), so a small demo set
+# is learnt as well as the preset's measured 300-item set: 6 epochs for the default 100 QA
+# (benchmarks/README.md, "Target models": forget ROUGE-L 0.92 after 6 epochs, 0.52 after 3).
+FINETUNE_ITEM_PASSES = 600
 
 STAGE_WIDTH = len("[finetune]")
 
@@ -176,10 +180,17 @@ def _finetune_stage(settings: DemoSettings, training: Any, out: Callable[[str], 
     from unierase.finetune import finetune_cached
 
     t = time.perf_counter()
+    overrides = {"seed": settings.seed, **settings.finetune_overrides}
+    if "epochs" not in overrides:
+        from unierase.finetune import preset_for
+
+        preset_epochs = preset_for(settings.model).config.epochs
+        needed = -(-FINETUNE_ITEM_PASSES // max(len(training.items), 1))
+        overrides["epochs"] = max(preset_epochs, needed)
     tuned = finetune_cached(
         training,
         settings.model,
-        overrides={"seed": settings.seed, **settings.finetune_overrides},
+        overrides=overrides,
         progress=settings.progress,
     )
     cfg, res = tuned.meta["config"], tuned.meta["result"]
