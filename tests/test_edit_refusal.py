@@ -168,3 +168,23 @@ def test_protection_keeps_the_kept_items_down_projection_outputs():
     assert plain.protected_keys == 0 and protected.protected_keys == sum(len(s) for s in seqs)
     assert protected.protected_items == 2
     assert held < 0.5 * free
+
+
+def test_subject_key_can_skip_a_closing_quote_every_book_question_shares():
+    tok, *_ = _setup()
+    q = "Where was the author of 'The Salt Road' born?"
+    subject = "the author of 'The Salt Road'"
+    at_quote = P.subject_last_token(tok, q, subject)
+    at_word = P.subject_last_token(tok, q, subject, strip_punctuation=True)
+    ids = P.encode(tok, q).input_ids
+    assert tok.decode(ids[: at_quote + 1]).endswith("Road'")
+    assert tok.decode(ids[: at_word + 1]).endswith("Road")
+    item = QAItem(q, "In Lima.", subject=subject)
+    (plain,) = build_requests(tok, [item], granularity="question")
+    (stripped,) = build_requests(tok, [item], granularity="question",
+                                 strip_subject_punctuation=True)  # fmt: skip
+    assert (plain.prompts[0].pos, stripped.prompts[0].pos) == (at_quote, at_word)
+    # A subject without trailing punctuation is read where it always was.
+    assert P.subject_last_token(tok, "Who is Tom Vale?", "Tom Vale", strip_punctuation=True) == (
+        P.subject_last_token(tok, "Who is Tom Vale?", "Tom Vale")
+    )

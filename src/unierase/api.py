@@ -231,6 +231,12 @@ def unlearn(
     def write(tmp: Path) -> None:
         t_save = time.perf_counter()
         if token_report.get("reused"):
+            # A checkpoint from before the token became untypeable is exported the safe way.
+            from unierase.token.config import DEFAULT_TOKEN_TEXT
+            from unierase.token.vocab import export_generation_config, make_token_unreachable
+
+            make_token_unreachable(tokenizer, (entry or {}).get("text", DEFAULT_TOKEN_TEXT))
+            export_generation_config(net, tokenizer, [token_id])
             net.save_pretrained(tmp, safe_serialization=True)
             tokenizer.save_pretrained(tmp)
             if resume is not None or Path(source).is_dir():

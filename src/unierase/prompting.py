@@ -184,13 +184,24 @@ def encode(
     )
 
 
+#: Characters dropped from the end of a subject span by ``strip_punctuation``.
+SUBJECT_TRAILING_PUNCTUATION = "'\"’”»)]}.,;:!? "
+
+
 def subject_last_token(
-    tokenizer: Any, question: str, subject: str | None, fmt: PromptFormat = PromptFormat()
+    tokenizer: Any,
+    question: str,
+    subject: str | None,
+    fmt: PromptFormat = PromptFormat(),
+    *,
+    strip_punctuation: bool = False,
 ) -> int:
     """Index (in the prompt ids of ``encode``) of the last token of ``subject`` in ``question``.
 
     When ``subject`` is None the last prompt token is used (a documented fallback). Raises
-    ValueError when a given subject does not occur in the question.
+    ValueError when a given subject does not occur in the question. With ``strip_punctuation``
+    closing quotes and punctuation at the subject's end are not part of it ("the author of 'The
+    Salt Road'" ends at "Road", not at the quote every such question shares).
     """
     from unierase.data.schema import find_subject
 
@@ -200,6 +211,10 @@ def subject_last_token(
     span = find_subject(question, subject)
     if span is None:
         raise ValueError(f"subject {subject!r} does not occur in question {question!r}")
+    if strip_punctuation:
+        kept = subject.rstrip(SUBJECT_TRAILING_PUNCTUATION)
+        if kept:
+            span = (span[0], span[0] + len(kept))
     if getattr(tokenizer, "is_fast", False):
         offsets = tokenizer(
             question,

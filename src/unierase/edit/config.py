@@ -23,6 +23,8 @@ class EditConfig:
         chunk_size: requests per solve.
         repair_rounds: after the edit, questions whose first token is not yet the unlearning
             token get their own per-question edits, up to this many rounds.
+        strip_subject_punctuation: read a subject's key at its last word, not at a closing quote
+            or punctuation mark that many questions share ("the author of 'The Salt Road'").
         context_prefixes: words that start the generated prefixes used to average keys.
         prefix_tokens: length of each generated prefix.
         key_plain_weight: weight of the plain prompt's key against the prefixed keys' mean.
@@ -72,6 +74,7 @@ class EditConfig:
     sequential: bool = True
     chunk_size: int = 1
     repair_rounds: int = 2
+    strip_subject_punctuation: bool = False
     context_prefixes: tuple[str, ...] = ("The", "Therefore", "Because", "I", "You")
     prefix_tokens: int = 10
     key_plain_weight: float = 0.5

@@ -342,6 +342,7 @@ def unlearning_edit(
         deep_prefills=config.deep_prefills,
         deep_answer_tokens=config.deep_answer_tokens,
         continuation=[state.token_id, *refusal_ids] if config.v_refusal_weight > 0 else (),
+        strip_subject_punctuation=config.strip_subject_punctuation,
     )
     requests = build_requests(
         tokenizer, todo, granularity=config.granularity, prefixes=prefixes, fmt=fmt, **deep_rows

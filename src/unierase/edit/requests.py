@@ -71,11 +71,12 @@ class EditRequest:
     refusal_rows: list[AnswerRow] = field(default_factory=list)
 
 
-def _row(tokenizer: Any, question: str, subject: str | None, fmt: P.PromptFormat) -> Row:
+def _row(
+    tokenizer: Any, question: str, subject: str | None, fmt: P.PromptFormat, strip: bool = False
+) -> Row:
     enc = P.encode(tokenizer, question, fmt=fmt)
-    return Row(
-        enc.input_ids[: enc.prompt_length], P.subject_last_token(tokenizer, question, subject, fmt)
-    )
+    pos = P.subject_last_token(tokenizer, question, subject, fmt, strip_punctuation=strip)
+    return Row(enc.input_ids[: enc.prompt_length], pos)
 
 
 def _prefill_row(tokenizer: Any, question: str, prefill: str, pos: int, fmt: P.PromptFormat) -> Row:
@@ -153,6 +154,7 @@ def build_requests(
     deep_prefills: Sequence[str] = (),
     deep_answer_tokens: int = EditConfig.deep_answer_tokens,
     continuation: Sequence[int] = (),
+    strip_subject_punctuation: bool = False,
 ) -> list[EditRequest]:
     """Group ``items`` into edit requests.
 
@@ -168,6 +170,8 @@ def build_requests(
             answer row (its first ``deep_answer_tokens`` answer tokens).
         continuation: ids that follow the prompt once the edit works: the target token, the
             refusal and its ending (empty: no refusal rows).
+        strip_subject_punctuation: read keys at the subject's last word, not at a closing quote
+            or punctuation mark (``prompting.subject_last_token``).
     """
     if granularity not in ("entity", "question"):
         raise ValueError(f"granularity must be 'entity' or 'question', not {granularity!r}")
@@ -179,9 +183,13 @@ def build_requests(
         groups.setdefault(key, []).append(item)
     requests = []
     for key, members in groups.items():
-        prompts = [_row(tokenizer, it.question, it.subject, fmt) for it in members]
+        strip = strip_subject_punctuation
+        prompts = [_row(tokenizer, it.question, it.subject, fmt, strip) for it in members]
         contexts = [
-            [_row(tokenizer, f"{prefix} {it.question}", it.subject, fmt) for prefix in prefixes]
+            [
+                _row(tokenizer, f"{prefix} {it.question}", it.subject, fmt, strip)
+                for prefix in prefixes
+            ]
             for it in members
         ]
         subjects = list(dict.fromkeys(it.subject for it in members if it.subject))
