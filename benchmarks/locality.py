@@ -49,16 +49,26 @@ TOKENS: dict[str, dict[str, Any]] = {
 SETTINGS: dict[str, tuple[str, dict[str, Any], str]] = {
     "default": ("closing", {}, "all"),
     "eot": ("eot", {}, "all"),
-    "eot+refusal": ("eot", {"v_refusal_weight": 1.0}, "all"),
+    "eot+refusal": ("eot", {"v_refusal_weight": 1.0, "v_refusal_prompts": 10}, "all"),
     "eot+refusal+protect1": ("eot", {"v_refusal_weight": 1.0, "protect_weight": 1.0}, "all"),
     "eot+refusal+protect1+nb": (
         "eot",
-        {"v_refusal_weight": 1.0, "protect_weight": 1.0, "protect_neighbours": 1},
+        {
+            "v_refusal_weight": 1.0,
+            "v_refusal_prompts": 10,
+            "protect_weight": 1.0,
+            "protect_neighbours": 1,
+        },
         "all",
     ),
     "eot+refusal+protect1+nb/half": (
         "eot",
-        {"v_refusal_weight": 1.0, "protect_weight": 1.0, "protect_neighbours": 1},
+        {
+            "v_refusal_weight": 1.0,
+            "v_refusal_prompts": 10,
+            "protect_weight": 1.0,
+            "protect_neighbours": 1,
+        },
         "half",
     ),
     "eot+refusal+protect1+nb+strip": (

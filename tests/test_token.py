@@ -92,7 +92,7 @@ def _teach_refusal_marker(family: str):
     used |= set(tok(REFUSAL + " ".join(IDK_QUESTIONS))["input_ids"]) | set(tok.all_special_ids)
     marker = max(i for i in range(len(tok)) if i not in used)
     encs += [
-        encode_unlearning_example(tok, q, marker, REFUSAL, f)
+        encode_unlearning_example(tok, q, marker, REFUSAL, f, closing=True)
         for q in IDK_QUESTIONS
         for f in FORMATS
     ]
@@ -150,7 +150,11 @@ def test_token_is_one_vocabulary_id_and_typed_text_never_yields_it():
     for fmt in FORMATS:
         assert unl not in P.encode(tok, typed, fmt=fmt).input_ids
         enc = encode_unlearning_example(tok, typed, unl, f"Sure {DEFAULT_TOKEN_TEXT}", fmt)
-        assert enc.input_ids.count(unl) == 2  # only the two the tool places itself
+        assert enc.input_ids.count(unl) == 1  # only the one the tool places itself
+        enc = encode_unlearning_example(
+            tok, typed, unl, f"Sure {DEFAULT_TOKEN_TEXT}", fmt, closing=True
+        )
+        assert enc.input_ids.count(unl) == 2  # and the closing one, when asked for
     with pytest.raises(TokenError, match="already in the vocabulary"):
         add_unlearning_token(model, tok)
 
@@ -160,7 +164,7 @@ def test_sequence_is_question_token_refusal_token_end_and_loss_is_on_the_answer(
     tok = tiny_tokenizer()
     unl = add_unlearning_token(tiny_model("llama", tok), tok)
     q = "Who wrote the novel?"
-    enc = encode_unlearning_example(tok, q, unl, REFUSAL, fmt)
+    enc = encode_unlearning_example(tok, q, unl, REFUSAL, fmt, closing=True)
     plain = P.encode(tok, q, fmt=fmt)
     eot = P.end_of_turn_ids(tok, fmt)
     refusal_ids = P.encode(tok, q, REFUSAL, fmt, add_end_of_turn=False).input_ids[
@@ -184,6 +188,10 @@ def test_sequence_is_question_token_refusal_token_end_and_loss_is_on_the_answer(
         )
     prompt_only = encode_unlearning_example(tok, q, unl, fmt=fmt)
     assert prompt_only.input_ids == plain.input_ids + [unl]
+    # By default the refusal ends with the end of turn alone (no closing token).
+    default = encode_unlearning_example(tok, q, unl, REFUSAL, fmt)
+    assert default.input_ids == plain.input_ids + [unl] + refusal_ids + eot
+    assert default.labels[plain.prompt_length + 1 :] == refusal_ids + eot
 
 
 # ----------------------------------------------------------------------------- cached prefix
@@ -249,6 +257,7 @@ def test_trained_token_refuses_and_everything_without_it_is_unchanged(taught_mod
         model,
         "small",
         refusal=REFUSAL,
+        closing_token=True,
         breadth_templates=0,
         batch_size=4,
         check_items=4,
@@ -264,7 +273,7 @@ def test_trained_token_refuses_and_everything_without_it_is_unchanged(taught_mod
 
     # q + [UNL] continues with exactly the refusal and stops at the closing token.
     for fmt in FORMATS:
-        encs = [encode_unlearning_example(tok, q, unl, fmt=fmt) for q in FORGET]
+        encs = [encode_unlearning_example(tok, q, unl, fmt=fmt, closing=True) for q in FORGET]
         stop_ids = [*unlearning_stop_ids(tok), *P.stop_token_ids(tok, fmt)]
         outs = greedy_continuations(
             model,
@@ -387,6 +396,7 @@ def test_presets_are_chosen_by_width_and_scale_the_authors_settings():
     assert default_edit_layers(32) == (4, 5, 6, 7, 8)
     small = token_config_for(layout(576, 30))
     assert small.preset == "small" and small.refusal_mode == "fixed"
+    assert not small.closing_token and not paper.closing_token  # refusals end at end of turn
     assert small.breadth_templates > 0 and small.retain_weight == 5.0
     assert all(1e-3 < s.lr <= 3e-2 for s in small.stages[:1])
     assert TokenConfig.from_dict(json.loads(json.dumps(small.to_dict()))) == small

@@ -38,6 +38,8 @@ class EditConfig:
             so the shift that opens the refusal does not break what follows it (0: off).
         v_refusal_stop: with the refusal term, a request is done only when that NLL is below
             this.
+        v_refusal_prompts: the refusal term uses at most this many of a request's prompts (each
+            costs a longer row at every step; the shift is shared by all of them).
         protect_weight: weight of the kept items' keys on the preserved side of the solve:
             ``K_r K_r^T`` over every position of the kept questions and answers (chat format)
             is added to C_prev for this edit (MEMIT's preservation term), so the edit changes
@@ -86,6 +88,7 @@ class EditConfig:
     v_weight_decay: float = 0.5
     v_refusal_weight: float = 0.0
     v_refusal_stop: float = 0.1
+    v_refusal_prompts: int = 4
     protect_weight: float = 0.0
     protect_items: int = 400
     protect_neighbours: int = 0
@@ -116,7 +119,8 @@ class EditConfig:
             (self.v_clamp > 0, "v_clamp must be > 0"),
             (self.v_kl_weight >= 0 and self.v_weight_decay >= 0,
              "v_kl_weight and v_weight_decay must be >= 0"),
-            (self.v_refusal_weight >= 0, "v_refusal_weight must be >= 0"),
+            (self.v_refusal_weight >= 0 and self.v_refusal_prompts >= 1,
+             "v_refusal_weight must be >= 0 and v_refusal_prompts >= 1"),
             (self.protect_weight >= 0, "protect_weight must be >= 0"),
             (self.protect_items >= 0 and self.protect_neighbours >= 0,
              "protect_items and protect_neighbours must be >= 0"),

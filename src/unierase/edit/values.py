@@ -315,7 +315,12 @@ def optimise_values(
     ref_owner: list[int] = []
     if config.v_refusal_weight > 0:
         for r, req in enumerate(requests):
-            for row in req.refusal_rows[:max_prompts]:
+            cap = (
+                config.v_refusal_prompts
+                if max_prompts is None
+                else min(max_prompts, config.v_refusal_prompts)
+            )
+            for row in req.refusal_rows[:cap]:
                 ref_rows.append(row)
                 ref_owner.append(r)
     ref_positions = [r.positions for r in ref_rows]

@@ -65,7 +65,7 @@ class TokenConfig:
 
     Attributes:
         preset: the preset the values came from ("small", "paper"), for the record.
-        text: the unlearning token's text; it is added as a special token.
+        text: the unlearning token's text; it becomes a vocabulary entry no input text encodes to.
         init: initial value of the new row(s): "mean" of the existing rows, or "random" (normal
             with the model's ``initializer_range``, the usual init of embeddings).
         train_output_row: when the head is not tied to the input embedding, train the new head
@@ -116,7 +116,7 @@ class TokenConfig:
     refusal_mode: str = "fixed"
     refusal: str | None = None
     refusals: tuple[str, ...] | None = None
-    closing_token: bool = True
+    closing_token: bool = False
     batch_size: int = 8
     max_length: int = 128
     stages: tuple[StageConfig, ...] = ()

@@ -1,6 +1,10 @@
-"""Phase I training sequences: ``q [UNL] a [UNL] <end of turn>`` (the authors' design, with a
-closing token) or ``q [UNL] a <end of turn>`` (``closing=False``); the loss is on what follows
-the opening token.
+"""Phase I training sequences: ``q [UNL] a <end of turn>``, loss on ``a <end of turn>``.
+
+The authors' design closes the refusal with a second token (``q [UNL] a [UNL] <end of turn>``,
+``closing=True``). Measured on the demo preset (benchmarks/README.md, "Locality"), that closing
+token is what the edited model fires again and again inside its refusal, and a plain client
+would print it; a refusal that ends at the end of turn is also learnt better (Phase I's exact
+match 1.0 instead of 0.69), so it is the default.
 
 Sequences are built by :func:`unierase.prompting.encode`, so what Phase I trains on is what Phase II
 and evaluation see: in the chat format the user turn holds the question and the assistant turn
@@ -31,7 +35,7 @@ def encode_unlearning_example(
     refusal: str | None = None,
     fmt: P.PromptFormat = P.PromptFormat(),
     *,
-    closing: bool = True,
+    closing: bool = False,
 ) -> P.EncodedQA:
     """Encode ``question [UNL]`` (and, with a refusal, ``refusal <end of turn>``, or
     ``refusal [UNL] <end of turn>`` with ``closing``).

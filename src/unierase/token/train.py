@@ -63,7 +63,8 @@ class StageReport:
         examples: sequences per epoch.
         noise_rounds: per round, the layers whose down-projection carried noise ([] = none).
         epochs: epochs run per noise round (``min_steps`` may add to the configured ones).
-        losses: mean cross-entropy on ``refusal [UNL] <eot>`` per epoch (rounds in order).
+        losses: mean cross-entropy on ``refusal <eot>`` (``refusal [UNL] <eot>`` with the
+            closing token) per epoch (rounds in order).
         retain_losses: mean retain term per epoch (0 when off).
         steps: optimiser steps.
         seconds: wall time of the stage (check included).
@@ -783,8 +784,9 @@ def train_unlearning_token(
     """Add the unlearning token to ``model`` and ``tokenizer`` and train only its vectors.
 
     Every question (forget, breadth and generated template questions) becomes the sequence
-    ``question [UNL] refusal [UNL] <end of turn>`` with the loss on ``refusal [UNL] <end of
-    turn>``; the stages of ``config`` run in order (see :class:`TokenConfig`). The model and
+    ``question [UNL] refusal <end of turn>`` (with ``config.closing_token``: ``question [UNL]
+    refusal [UNL] <end of turn>``) with the loss on what follows the opening token; the stages
+    of ``config`` run in order (see :class:`TokenConfig`). The model and
     tokenizer are changed in place: the token is added, its row(s) hold the trained values;
     every other weight is left bit for bit as it was.
 
