@@ -677,6 +677,11 @@ def cmd_unlearn(args: argparse.Namespace) -> int:
             f"  deep forgetting     answer-token p max {deep['answer_p_max']:.3f}, "
             f"pre-fill NLL max {deep['prefill_nll_max']:.3f}"
         )
+    if edit.get("protected_keys"):
+        _out(
+            f"  protected           {edit['protected_items']} kept questions "
+            f"({edit['protected_keys']:,} keys) on the preserved side of the solve"
+        )
     _out(f"  edited layers       {edit['layers']} (null-space rank {edit['ranks']})")
     _out(
         f"  parameters changed  {edit['parameters_changed']:,} "
@@ -1169,7 +1174,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--forget", type=Path, help="forget set: JSONL or CSV of question/answer[/subject]"
     )
-    p.add_argument("--retain", type=Path, help="retain set (optional): widens Phase I's training")
+    p.add_argument(
+        "--retain",
+        type=Path,
+        help="retain set (optional): widens Phase I's training, and its keys are protected in "
+        "Phase II (EditConfig.protect_weight; with the small-model preset)",
+    )
     p.add_argument("--data", type=Path, help="a TOFU-layout directory (with --forget-split)")
     p.add_argument("--forget-split", help="forget split in --data, e.g. forget10")
     p.add_argument("--retain-split", help="retain split in --data, e.g. retain90")
