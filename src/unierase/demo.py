@@ -330,6 +330,9 @@ def _eval_stage(
         del model
         _write_run(runs[label], eval_dir / label)
         _mark_done(eval_dir / label, key)
+        # The report shows what was written, the same whether this run evaluated or reused.
+        records, run_info = suite.read_records(eval_dir / label)
+        runs[label] = suite.EvalResult(records, run_info, runs[label].summary)
         out(
             _status(
                 "eval",
