@@ -101,6 +101,16 @@ SETTINGS: dict[str, tuple[str, dict[str, Any], str]] = {
         },
         "all",
     ),
+    "eot+refusal3+protect0.5+nb+strip": (
+        "eot",
+        {
+            "v_refusal_weight": 3.0,
+            "protect_weight": 0.5,
+            "protect_neighbours": 1,
+            "strip_subject_punctuation": True,
+        },
+        "all",
+    ),
     "eot+refusal+protect1+nb+strip+repair4": (
         "eot",
         {
