@@ -641,24 +641,44 @@ def cmd_unlearn(args: argparse.Namespace) -> int:
         args, ("lambda_", "chunk_size", "granularity", "null_threshold", "repair_rounds", "deep")
     )
     if args.layers:
-        overrides["layers"] = tuple(int(x) for x in args.layers.split(","))
+        try:
+            overrides["layers"] = tuple(int(x) for x in args.layers.split(","))
+        except ValueError:
+            raise SystemExit(
+                f"error: --layers takes comma-separated layer numbers, e.g. 4,5,6 (got "
+                f"{args.layers!r})"
+            ) from None
+    # Settings that cannot work are refused now, not in Phase II after minutes.
+    from unierase.api import ResumeError
+    from unierase.edit.config import EditConfig
+    from unierase.token.vocab import TokenError
+
+    try:
+        EditConfig(**overrides)
+    except ValueError as err:
+        raise SystemExit(f"error: {err}") from None
+    if args.mode == "sequential" and args.resume is None:
+        raise SystemExit("error: --mode sequential continues a saved run: give --resume DIR")
     texts = None
     if args.stats_file:
         from unierase.data.corpus import text_file_corpus
 
         texts = text_file_corpus(args.stats_file)
-    report = unlearn(
-        args.model,
-        forget,
-        args.out,
-        retain=retain,
-        mode=args.mode,
-        resume=args.resume,
-        preset=args.preset,
-        edit_overrides=overrides,
-        stats_texts=texts,
-        seed=args.seed,
-    )
+    try:
+        report = unlearn(
+            args.model,
+            forget,
+            args.out,
+            retain=retain,
+            mode=args.mode,
+            resume=args.resume,
+            preset=args.preset,
+            edit_overrides=overrides,
+            stats_texts=texts,
+            seed=args.seed,
+        )
+    except (ResumeError, TokenError) as err:
+        raise SystemExit(f"error: {err}") from None
     edit = report.edit
     _out(f"unlearned {report.forget_questions} questions ({args.mode}) -> {args.out}")
     _out(
