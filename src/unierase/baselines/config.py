@@ -1,9 +1,9 @@
 """Settings of the fine-tuning baselines: one dataclass, per-method defaults in the registry.
 
-The shared defaults are the authors' setting (SPEC.md, "Baselines"): full fine-tuning, AdamW,
-lr 1e-5, 5 epochs, weight decay 0.01, loss on answer tokens only. A method changes only the
-fields it needs (``unierase.baselines.registry.METHODS[name].defaults``); a caller's overrides
-come last.
+The shared defaults are the UniErase authors' setting (their paper's baselines): full
+fine-tuning, AdamW, lr 1e-5, 5 epochs, weight decay 0.01, loss on answer tokens only. A method
+changes only the fields it needs (``unierase.baselines.registry.METHODS[name].defaults``); a
+caller's overrides come last.
 """
 
 from __future__ import annotations

@@ -168,7 +168,7 @@ PAPER = EditConfig(
     layers=None, granularity="question", sequential=False, chunk_size=10_000, repair_rounds=0
 )
 
-# Small models (width <= 1024): measured on SmolLM2-135M (SPEC.md, benchmarks/phase2_edit.py):
+# Small models (width <= 1024): measured on SmolLM2-135M (benchmarks/README.md, "Phase II"):
 # the authors' value optimisation never reaches the token from the subject position, and joint
 # solves of same-subject requests conflict, so values get a larger step and clamp and requests
 # are solved one at a time at entity level. Chosen by benchmarks/locality.py on the demo preset

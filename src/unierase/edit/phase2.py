@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import random
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -193,8 +194,6 @@ def protected_moments(
     """
     if config.protect_weight <= 0 or not kept:
         return {}, 0
-    import random
-
     chosen = list(kept)
     if len(chosen) > config.protect_items:
         order = sorted(random.Random(0).sample(range(len(chosen)), config.protect_items))

@@ -351,37 +351,32 @@ def optimise_values(
     )  # fmt: skip
 
     def recorded(rows: list[Row], owner: torch.Tensor, positions=None):
-        """(replay still usable, the rows' recorded block outputs) for the deep rows."""
+        """(replay still usable, the rows' recorded block outputs, their unshifted
+        log-probabilities) for the deep and refusal rows."""
         full, states = _full_pass(model, block, rows, owner, zero, pad_id, positions)
         ok = _replay_matches(
             model, block, _Replay(blocks, layer, states), rows, owner, zero, pad_id, full, positions
         )
-        return ok, states
+        return ok, states, full
 
     # The deep rows are replayed too, once they pass the same check; otherwise nothing is.
     pre_states: list[torch.Tensor] = []
     ans_states: list[torch.Tensor] = []
     if replay and pre_rows:
-        replay, pre_states = recorded(pre_rows, pre_owner_t)
+        replay, pre_states, _ = recorded(pre_rows, pre_owner_t)
     if replay and ans_rows:
-        replay, ans_states = recorded(ans_rows, ans_owner_t, ans_positions)
+        replay, ans_states, _ = recorded(ans_rows, ans_owner_t, ans_positions)
     ref_states: list[torch.Tensor] = []
     ref_init = None
     if ref_rows:
-        full, ref_states = _full_pass(
-            model, block, ref_rows, ref_owner_t, zero, pad_id, ref_positions
-        )
+        ok, ref_states, full = recorded(ref_rows, ref_owner_t, ref_positions)
+        replay = replay and ok
         mask = torch.tensor(
             [[True] * len(p) + [False] * (full.shape[1] - len(p)) for p in ref_positions]
         )
         ref_init = _per_request_mean(
             _answer_nll(full, mask.to(full.device), ref_rows), ref_owner_t.to(full.device), n
         ).cpu()
-        if replay:
-            replay = _replay_matches(
-                model, block, _Replay(blocks, layer, ref_states), ref_rows, ref_owner_t, zero,
-                pad_id, full, ref_positions,
-            )  # fmt: skip
 
     def forward(rows_idx: list[int], rows: list[Row], owner: torch.Tensor, states, d):
         picked = _Replay(blocks, layer, [states[i] for i in rows_idx]) if replay else None

@@ -5,7 +5,7 @@ Nothing here touches a model: the callers turn a model's outputs into per-token 
 the two apart lets every aggregate (KS test, AUC, privleak, harmonic means) be recomputed offline
 from per-item records.
 
-Two families are implemented, following SPEC.md ("Evaluation"):
+Two families are implemented, following the TOFU paper and the UniErase paper:
 
 * TOFU / open-unlearning (Maini et al. 2024, arXiv 2401.06121; locuslab/open-unlearning,
   ``src/evals/metrics/{memorization,privacy,utility}.py`` and ``src/evals/metrics/mia/``):

@@ -16,7 +16,7 @@ Splits ("roles"):
 * ``real_authors``, ``world_facts``: TOFU's general-knowledge sets, when the directory has them;
 * ``general``: the project's general-knowledge probe (accuracy and over-refusal).
 
-Metric definitions follow SPEC.md ("Evaluation") through :mod:`unierase.eval.metrics`.
+Metric definitions live in :mod:`unierase.eval.metrics` (TOFU and the UniErase paper).
 """
 
 from __future__ import annotations
@@ -112,7 +112,7 @@ class EvalConfig:
     """Settings of an evaluation run (all recorded in ``run.json`` and the summary).
 
     Attributes:
-        max_new_tokens: generation budget for TOFU-style answers (SPEC: 200).
+        max_new_tokens: generation budget for TOFU-style answers (TOFU: 200).
         probe_max_new_tokens: generation budget for the general probe's short answers.
         batch_size: sequences per forward pass, for generation and scoring.
         max_items: at most this many items per split (the first ones); None for all.

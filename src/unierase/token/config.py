@@ -87,7 +87,7 @@ class TokenConfig:
         retain_weight: weight of the retain term: ``weight * mean softplus(h . e_new -
             logsumexp(h . E_old) + margin)`` over final hidden states ``h`` of ordinary answers
             (0: off).
-        retain_margin: the margin in that term (0: SPEC's formula); a positive margin keeps
+        retain_margin: the margin in that term (0: the plain softplus); a positive margin keeps
             pushing the token below the old vocabulary where it already loses, which carries over
             to answers the term never saw.
         retain_questions: at most this many questions (a seeded sample of the training questions
